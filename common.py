@@ -1,0 +1,202 @@
+"""
+common.py: the training plumbing every stage shares, written once.
+
+  cli(Config)        a command line generated from a config dataclass (field docstrings = --help)
+  seed_everything    python, numpy and torch seeds
+  make_optimizer     AdamW with weight decay on 2-D weights only
+  lr_at              linear warmup, then cosine decay to a floor
+  fit                the training loop of pretrain, SFT, reward model and DPO: schedule, gradient
+                     accumulation, clipping, progress line, metrics file, periodic evaluation,
+                     checkpoints, Ctrl-C saves a checkpoint, --resume continues
+
+A stage file keeps its algorithm (data, loss) and hands the loop to `fit`. PPO has a loop of its
+own (rollouts, then several epochs over them) and uses the smaller pieces.
+"""
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+
+from model import autocast, get_device, load_state, save_checkpoint
+
+
+def cli(config_cls, argv=None):
+    """Parse --field value flags for every field of a config dataclass; return an instance.
+
+    The string literal under each field is its help text (as in CleanRL's Args).
+    """
+    docs = _field_docs(config_cls)
+    parser = argparse.ArgumentParser(description=inspect.getdoc(inspect.getmodule(config_cls)).split("\n")[0])
+    for f in dataclasses.fields(config_cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=default,
+                                help=f"{docs.get(f.name, '')} (default: {default})")
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(flag, type=kind, default=default,
+                                help=f"{docs.get(f.name, '')} (default: {default})")
+    return config_cls(**vars(parser.parse_args(argv)))
+
+
+def _parse_bool(text):
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _field_docs(config_cls):
+    """{field name: the docstring written under it} read from the class source."""
+    try:
+        tree = ast.parse(inspect.getsource(config_cls))
+    except (OSError, TypeError):
+        return {}
+    docs, body = {}, tree.body[0].body
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(after.value.value).split())
+    return docs
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model, lr, weight_decay=0.1, betas=(0.9, 0.95), device="cpu"):
+    """AdamW; decay only 2-D weights (matmuls, embeddings), not biases and LayerNorm gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    fused = torch.device(device).type == "cuda"  # the fused kernel exists only on CUDA
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+
+
+def lr_at(step, max_steps, lr, warmup_steps, min_lr_frac=0.1):
+    """Learning rate at `step`: linear warmup over warmup_steps, then cosine down to min_lr_frac * lr."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def format_seconds(s):
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Progress:
+    """One readable line per interval, a history list for notebooks, and a metrics.jsonl for plots."""
+
+    def __init__(self, total_steps, metrics_path=None, name="", verbose=True):
+        self.total, self.name, self.verbose = total_steps, name, verbose
+        self.history = []
+        self.metrics_path = metrics_path
+        self.start = time.time()
+        if metrics_path:
+            os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
+
+    def log(self, step, metrics, tokens_per_s=None, steps_done_this_run=None, print_line=True):
+        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        self.history.append(record)
+        if self.metrics_path:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.verbose and print_line:
+            parts = [f"{self.name}step {step}/{self.total}"]
+            parts += [f"{k} {v:.4g}" for k, v in metrics.items()]
+            if tokens_per_s is not None:
+                parts.append(f"{tokens_per_s / 1000:.1f}k tok/s")
+            elapsed = time.time() - self.start
+            if steps_done_this_run:
+                parts.append(f"eta {format_seconds(elapsed / steps_done_this_run * (self.total - step))}")
+            print(" | ".join(parts), flush=True)
+
+
+def fit(model, cfg, next_batch, loss_fn, ckpt_path, evaluate=None, extra=None, name=""):
+    """The training loop shared by pretrain, SFT, the reward model and DPO.
+
+    cfg needs: max_steps, lr, warmup_steps, min_lr_frac, weight_decay, grad_clip, log_every,
+    eval_every, ckpt_every, device, resume (and optionally quiet).
+    next_batch(step) -> list of micro-batches (gradient accumulation), each a dict of tensors with
+        "n" (how many items its loss sums over: tokens, pairs) and "n_tokens" (input tokens, for
+        the throughput figure). Being a function of the step makes a resumed run see the same data.
+    loss_fn(model, micro_batch) -> (loss_sum, metrics dict of sums over its items).
+    The loss of a step is the sum over all micro-batches divided by the total "n": normalised
+    by the number of supervised items of the whole step, not averaged per micro-batch.
+    Writes ckpt_path (with "step", "optimizer", "finished" and `extra`) every ckpt_every steps,
+    at the end, and on Ctrl-C. Returns the history: a list of metric dicts.
+    """
+    device = cfg.device
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device=device)
+    start_step = 0
+    if cfg.resume and os.path.exists(ckpt_path):
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        load_state(model, ckpt["model"], ckpt_path)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_step = ckpt["step"]
+        print(f"resuming {ckpt_path} from step {start_step}")
+    metrics_path = os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), "metrics.jsonl")
+    if start_step == 0 and os.path.exists(metrics_path):
+        os.remove(metrics_path)
+    progress = Progress(cfg.max_steps, metrics_path, name, verbose=not getattr(cfg, "quiet", False))
+
+    def save(step, finished=False):
+        save_checkpoint(ckpt_path, model, {"step": step, "optimizer": optimizer.state_dict(),
+                                           "finished": finished, **(extra or {})})
+
+    step, tokens_seen, t_last = start_step, 0, time.time()
+    try:
+        for step in range(start_step, cfg.max_steps):
+            lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0 and step > start_step:
+                model.eval()
+                progress.log(step, evaluate(model))
+            model.train()
+            micro_batches = next_batch(step)
+            n_total = sum(float(mb["n"]) for mb in micro_batches)
+            sums = {}
+            for mb in micro_batches:
+                mb = {k: v.to(device) if torch.is_tensor(v) else v for k, v in mb.items()}
+                with autocast(device):
+                    loss_sum, metrics = loss_fn(model, mb)
+                (loss_sum / max(n_total, 1.0)).backward()
+                for k, v in {"loss": loss_sum, **metrics}.items():
+                    sums[k] = sums.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)  # no sync here
+                tokens_seen += int(mb["n_tokens"])
+            if cfg.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
+                now = time.time()
+                line = {k: float(v) / max(n_total, 1.0) for k, v in sums.items()}
+                line.update(lr=lr, grad_norm=float(grad_norm) if cfg.grad_clip > 0 else 0.0)
+                progress.log(step + 1, line, tokens_seen / (now - t_last), step + 1 - start_step)
+                tokens_seen, t_last = 0, now
+            if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
+                save(step + 1)
+    except KeyboardInterrupt:
+        save(step)  # the state after the last completed step; --resume continues from it
+        print(f"\ninterrupted: checkpoint saved to {ckpt_path} at step {step}; --resume continues")
+        raise
+    if evaluate is not None:
+        model.eval()
+        progress.log(cfg.max_steps, evaluate(model))
+    save(cfg.max_steps, finished=True)
+    return progress.history

@@ -1,0 +1,393 @@
+"""
+model.py: a small decoder-only GPT, its KV-cache generation, and the logprobs helper.
+
+Everything later stages need from a language model lives here:
+  GPT            the network: token + position embeddings, pre-LayerNorm blocks, tied LM head
+  generate       batched sampling over prompts of different lengths (left padding, KV cache),
+                 greedy / temperature / top-k / top-p, per-row stop at end-of-turn
+  logprobs       per-token log-probabilities of given tokens, at a temperature (reward, PPO, DPO)
+  lm_loss        next-token cross-entropy over the unmasked targets
+  save/load      checkpoints as a state_dict + a plain-dict config (torch.load(weights_only=True))
+
+Usage:
+  model = GPT(GPTConfig(vocab_size=tok.vocab_size))
+  logits, loss = model(input_ids, targets)               # training
+  out = generate(model, prompts, max_new_tokens=32, temperature=0.0, stop_id=tok.end_id,
+                 pad_id=tok.pad_id)                       # out.responses: list of token lists
+
+The architecture is GPT-2's (Radford et al. 2019): learned absolute positions, LayerNorm with
+bias, tanh-GELU MLP, weight tying between the token embedding and the LM head, residual
+projections initialised with std 0.02/sqrt(2 * n_layer). Where it departs from GPT-2:
+  - attention runs through F.scaled_dot_product_attention (fused kernels where available);
+  - dropout defaults to 0: post-training (PPO's ratio, DPO's reference) needs a deterministic
+    forward pass, and our models are small;
+  - positions are computed from the attention mask, so a left-padded row sees the same
+    positions 0, 1, 2, ... as when it is run alone.
+"""
+
+import math
+import os
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100  # targets with this value carry no loss (same value as data.IGNORE_INDEX)
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 2054
+    """number of token ids (BPE ranks + special tokens)"""
+    block_size: int = 256
+    """longest sequence the model can see (number of learned positions)"""
+    n_layer: int = 4
+    """number of transformer blocks"""
+    n_head: int = 4
+    """attention heads per block"""
+    n_embd: int = 128
+    """width of the residual stream"""
+    dropout: float = 0.0
+    """dropout probability; keep 0 for post-training"""
+    bias: bool = True
+    """biases in Linear and LayerNorm layers, as in GPT-2"""
+
+
+# -----------------------------------------------------------------------------
+# The network
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated.
+
+    k, v: (n_layer, B, nh, max_len, hs). `length` is how many positions are filled; a forward
+    pass writes its new keys at [length, length + T) and the model advances `length` after the
+    last layer.
+    """
+
+    def __init__(self, config, batch_size, max_len, device, dtype=torch.float32):
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, max_len, hs)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def update(self, layer, k, v):
+        """Store k, v (B, nh, T, hs) after the cached ones; return all keys and values so far."""
+        T = k.size(2)
+        end = self.length + T
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(self, x, attn_mask=None, cache=None, layer=0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # (B, T, C) -> (B, nh, T, hs)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T
+        dropout = self.dropout if self.training else 0.0
+        if attn_mask is None:  # plain causal attention over a full, unpadded sequence
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:  # attn_mask: (B, 1, T, S), True where query t may look at key s
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attn_mask=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)  # position embeddings
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017), as GPT-2
+        # GPT-2 init: N(0, 0.02), zero biases, residual projections scaled by 1/sqrt(2 n_layer)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding=True):
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wpe.weight.numel() if non_embedding else n
+
+    def hidden_states(self, idx, attention_mask=None, cache=None):
+        """The final hidden states (B, T, C), after the last LayerNorm.
+
+        idx: (B, T) token ids. attention_mask: (B, S) with 1 on real tokens and 0 on pads, where
+        S counts the cached tokens plus these T (None means no padding anywhere). The reward
+        model and the PPO critic put their scalar heads on these states.
+        """
+        B, T = idx.size()
+        past = cache.length if cache is not None else 0
+        if attention_mask is None:
+            pos = torch.arange(past, past + T, device=idx.device).expand(B, T)
+            attn_mask = None if past == 0 else causal_mask(torch.ones(B, past + T, device=idx.device), T)
+        else:
+            # a row's position counts only its real tokens, so left padding does not shift it
+            pos = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]  # (B, T)
+            attn_mask = causal_mask(attention_mask, T)
+        if pos.max() >= self.config.block_size:
+            raise ValueError(f"sequence of length {pos.max() + 1} exceeds block_size {self.config.block_size}")
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, attn_mask, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.ln_f(x)
+
+    def forward(self, idx, targets=None, attention_mask=None, cache=None):
+        """Logits (B, T, V); and the mean loss over targets != IGNORE_INDEX when targets are given."""
+        logits = self.lm_head(self.hidden_states(idx, attention_mask, cache))
+        loss = lm_loss(logits, targets) if targets is not None else None
+        return logits, loss
+
+
+def causal_mask(attention_mask, T):
+    """Boolean attention mask (B, 1, T, S) for the last T of S positions.
+
+    Query t (at absolute position S - T + t) may attend to key s when s <= its position and key s
+    is a real token. Each query may always attend to itself, so a pad query's row is never all
+    False (that would give NaN); pad positions' outputs are ignored anyway.
+    """
+    B, S = attention_mask.shape
+    device = attention_mask.device
+    q_pos = torch.arange(S - T, S, device=device).view(T, 1)  # (T, 1)
+    k_pos = torch.arange(S, device=device).view(1, S)  # (1, S)
+    allowed = (k_pos <= q_pos) & attention_mask.bool().view(B, 1, S)  # (B, T, S)
+    allowed = allowed | (k_pos == q_pos)  # the diagonal
+    return allowed.unsqueeze(1)  # (B, 1, T, S)
+
+
+def lm_loss(logits, targets, reduction="mean"):
+    """Next-token cross-entropy, ignoring targets equal to IGNORE_INDEX.
+
+    logits: (B, T, V); targets: (B, T). reduction "mean" divides by the number of supervised
+    targets (0 loss, not NaN, when there are none); "sum" returns the sum, for callers that
+    normalise over several micro-batches of a gradient-accumulation step.
+    """
+    loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+    if reduction == "sum":
+        return loss_sum
+    n_targets = (targets != IGNORE_INDEX).sum()
+    return loss_sum / n_targets.clamp(min=1)
+
+
+# -----------------------------------------------------------------------------
+# Log-probabilities and generation
+
+
+def logprobs(model, ids, attention_mask=None, temperature=1.0):
+    """log p(ids[:, t+1] | ids[:, :t+1]) under softmax(logits / temperature), in fp32.
+
+    ids: (B, T) -> (B, T-1). Entry t scores token t+1. Used by the reward model, PPO (with the
+    rollout temperature, as in OpenAI's lm-human-preferences) and DPO. Callers mask out prompt
+    and pad positions themselves.
+    """
+    logits, _ = model(ids, attention_mask=attention_mask)
+    return logprobs_from_logits(logits[:, :-1], ids[:, 1:], temperature)
+
+
+def logprobs_from_logits(logits, targets, temperature=1.0):
+    """Gather log softmax(logits / temperature) at targets. logits (B, T, V), targets (B, T)."""
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+
+
+def filter_logits(logits, top_k=None, top_p=None):
+    """Set logits outside the top-k tokens, or outside the top-p nucleus, to -inf. logits (B, V)."""
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        # nucleus sampling (Holtzman et al. 2019): the smallest set whose probability >= top_p
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already >= top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+@dataclass
+class Generation:
+    """Result of generate(). B rows, P = padded prompt width, N = new-token columns."""
+    tokens: torch.Tensor  # (B, P + N) left-padded prompts followed by responses, pad after a stop
+    attention_mask: torch.Tensor  # (B, P + N) 1 on real prompt and response tokens
+    prompt_width: int  # P: the response of every row starts at column P
+    responses: list  # B lists of response token ids, up to and including the stop token
+    ended: list  # B bools: did the row produce the stop token?
+    logprobs: torch.Tensor = None  # (B, N) logprob of each sampled token (0 after a stop)
+
+
+@torch.no_grad()  # not inference_mode: PPO later backpropagates through logprobs of these tokens
+def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+             stop_id=None, pad_id=0, use_cache=True, return_logprobs=False, generator=None):
+    """Sample continuations of a batch of prompts (lists of token ids of any lengths).
+
+    Prompts are left-padded so every row's next token is in the same column; positions come from
+    the attention mask, so each row gives the tokens it would give alone. temperature 0 is greedy.
+    A row stops after it emits stop_id; it is then padded. With return_logprobs, the logprob of
+    each sampled token under softmax(logits / temperature) (temperature 1 when greedy), before
+    top-k / top-p filtering, i.e. what logprobs() computes for the same tokens.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    B, P = len(prompts), max(len(p) for p in prompts)
+    if P + max_new_tokens > model.config.block_size:
+        raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds block_size "
+                         f"{model.config.block_size}")
+    tokens = torch.full((B, P + max_new_tokens), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros_like(tokens)
+    for i, p in enumerate(prompts):  # left padding
+        tokens[i, P - len(p):P] = torch.tensor(p, dtype=torch.long)
+        mask[i, P - len(p):P] = 1
+    sampled_logprobs = torch.zeros(B, max_new_tokens, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    cache = KVCache(model.config, B, P + max_new_tokens, device) if use_cache else None
+    for t in range(max_new_tokens):
+        end = P + t
+        if cache is None:  # recompute the whole sequence every step
+            logits, _ = model(tokens[:, :end], attention_mask=mask[:, :end])
+        else:  # first step: the whole prompt; then only the newest token
+            start = cache.length
+            logits, _ = model(tokens[:, start:end], attention_mask=mask[:, :end], cache=cache)
+        logits = logits[:, -1, :].float()  # (B, V)
+        if temperature == 0:
+            next_token = logits.argmax(dim=-1)
+            logp = F.log_softmax(logits, dim=-1)
+        else:
+            logp = F.log_softmax(logits / temperature, dim=-1)
+            probs = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
+            next_token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        next_token = torch.where(done, torch.full_like(next_token, pad_id), next_token)
+        tokens[:, end] = next_token
+        mask[:, end] = (~done).long()
+        chosen_logp = logp.gather(-1, next_token.unsqueeze(-1)).squeeze(-1)
+        sampled_logprobs[:, t] = torch.where(done, torch.zeros_like(chosen_logp), chosen_logp)
+        if stop_id is not None:
+            done = done | (next_token == stop_id)
+        if done.all():
+            break
+    n_new = t + 1
+    tokens, mask, sampled_logprobs = tokens[:, :P + n_new], mask[:, :P + n_new], sampled_logprobs[:, :n_new]
+    responses, ended = [], []
+    for i in range(B):
+        row = tokens[i, P:][mask[i, P:].bool()].tolist()
+        responses.append(row)
+        ended.append(stop_id is not None and len(row) > 0 and row[-1] == stop_id)
+    return Generation(tokens, mask, P, responses, ended, sampled_logprobs if return_logprobs else None)
+
+
+# -----------------------------------------------------------------------------
+# Devices and checkpoints
+
+
+def get_device(name=None):
+    """'cuda' if available, else 'mps', else 'cpu'; `name` (e.g. from --device) overrides."""
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast(device):
+    """bf16 autocast on CUDA; a no-op elsewhere (fp32 on CPU and MPS)."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def save_checkpoint(path, model, extra=None):
+    """Write {"model": state_dict, "config": plain dict, **extra} atomically.
+
+    The file is written to path + ".tmp" and renamed, so an interrupted save never destroys the
+    previous checkpoint. `extra` must hold only tensors and plain Python values (optimizer state
+    dicts, step counters, configs as dicts) so torch.load(weights_only=True) can read it.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    ckpt = {"model": model.state_dict(), "config": asdict(model.config), **(extra or {})}
+    torch.save(ckpt, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path, device="cpu", config_cls=GPTConfig):
+    """Read a checkpoint written by save_checkpoint. Returns (model, ckpt dict)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    known = {f.name for f in fields(config_cls)}
+    unknown = sorted(set(ckpt["config"]) - known)
+    if unknown:
+        raise ValueError(f"{path}: checkpoint config has unknown fields {unknown}; "
+                         f"expected fields of {config_cls.__name__}: {sorted(known)}")
+    model = GPT(config_cls(**ckpt["config"]))
+    load_state(model, ckpt["model"], path)
+    return model.to(device), ckpt
+
+
+def load_state(model, state_dict, where="checkpoint"):
+    """model.load_state_dict with an error that lists every missing, unexpected or mis-shaped key."""
+    own = model.state_dict()
+    problems = [f"missing key {k} {tuple(v.shape)}" for k, v in own.items() if k not in state_dict]
+    problems += [f"unexpected key {k}" for k in state_dict if k not in own]
+    problems += [f"{k}: checkpoint has shape {tuple(state_dict[k].shape)}, model expects {tuple(v.shape)}"
+                 for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if problems:
+        raise ValueError(f"{where} does not match the model:\n  " + "\n  ".join(problems))
+    model.load_state_dict(state_dict)

@@ -1,0 +1,203 @@
+"""
+sft.py: instruction tuning (supervised fine-tuning) with the loss on the response only.
+
+A base model continues text; after SFT on instruction -> response pairs it answers. The loss is
+next-token cross-entropy on the assistant's tokens and its end-of-turn token only (data.render_chat
+builds that mask); --mask-prompt false puts the loss on every token, for the classroom comparison.
+
+  python sft.py                              # built-in demonstrations, from <out_dir>/pretrain/model.pt
+  python sft.py --data-file alpaca.json      # your Alpaca JSON, chat JSONL or prompt/completion JSONL
+  python sft.py --mask-prompt false          # the masking-off experiment
+
+This file also holds the evaluation every later stage and the report share: `evaluate` generates
+for each split of the built-in world, grades with the gold grader and summarises.
+"""
+
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+import torch
+
+import tasks
+from common import cli, fit, seed_everything
+from data import Tokenizer, collate, load_sft_file, render_chat, render_prompt
+from model import autocast, generate, get_device, lm_loss, load_checkpoint
+
+EVAL_SPLITS = ("test", "heldout_phrasing", "heldout_people", "heldout_task")
+
+
+@dataclass
+class SFTConfig:
+    out_dir: str = "runs/default"
+    """run folder: reads tokenizer/ and pretrain/model.pt, writes sft/"""
+    init: str = ""
+    """checkpoint to start from (default: <out_dir>/pretrain/model.pt)"""
+    data_file: str = ""
+    """your SFT data (Alpaca .json, chat .jsonl, prompt/completion .jsonl) instead of the built-in world"""
+    world_seed: int = 0
+    """seed of the built-in world"""
+    n_examples: int = 8000
+    """built-in demonstrations to generate"""
+    error_rate: float = 0.1
+    """share of demonstrations with a plausible mistake"""
+    wordy_rate: float = 0.1
+    """share of demonstrations that are correct but wordy"""
+    mask_prompt: bool = True
+    """loss on the response only (false: on every token)"""
+    batch_size: int = 32
+    """conversations per micro-batch"""
+    grad_accum: int = 1
+    """micro-batches per optimizer step"""
+    max_len: int = 128
+    """longest input window; longer conversations lose the start of their prompt"""
+    max_steps: int = 600
+    """optimizer steps"""
+    lr: float = 1e-3
+    """peak learning rate"""
+    warmup_steps: int = 30
+    """linear warmup steps"""
+    min_lr_frac: float = 0.1
+    """the cosine schedule ends at lr * min_lr_frac"""
+    weight_decay: float = 0.0
+    """AdamW weight decay on 2-D weights"""
+    grad_clip: float = 1.0
+    """clip the gradient norm to this (0 = off)"""
+    eval_every: int = 200
+    """steps between evaluations by generation"""
+    eval_n: int = 60
+    """prompts per split in the periodic evaluation"""
+    log_every: int = 50
+    """steps between progress lines"""
+    ckpt_every: int = 200
+    """steps between checkpoints"""
+    seed: int = 1337
+    """training seed"""
+    device: str = ""
+    """cuda, mps or cpu (default: the best available)"""
+    resume: bool = False
+    """continue from <out_dir>/sft/model.pt"""
+    quiet: bool = False
+    """no progress lines"""
+
+
+# -----------------------------------------------------------------------------
+# Generation and evaluation, shared by every stage
+
+
+def respond(model, tok, prompts, temperature=0.0, max_new_tokens=48, batch_size=64, generator=None):
+    """Answer a list of conversations (message lists). Returns [(text, ended, n_tokens)].
+
+    The text excludes the end-of-turn token; `ended` says whether the model produced it.
+    """
+    device = next(model.parameters()).device
+    answers = []
+    for i in range(0, len(prompts), batch_size):
+        ids = [render_prompt(tok, messages) for messages in prompts[i:i + batch_size]]
+        with autocast(device):
+            gen = generate(model, ids, max_new_tokens, temperature=temperature, stop_id=tok.end_id,
+                           pad_id=tok.pad_id, generator=generator)
+        for response, ended in zip(gen.responses, gen.ended):
+            text_ids = response[:-1] if ended else response
+            answers.append((tok.decode(text_ids), ended, len(response)))
+    return answers
+
+
+def eval_sets(world, n, seed=1):
+    """{split: n examples} for every evaluation split of the built-in world."""
+    return {split: tasks.make_examples(world, split, n, seed=seed) for split in EVAL_SPLITS}
+
+
+def evaluate(model, tok, sets, temperature=0.0, max_new_tokens=48, seed=0):
+    """Generate for every split, grade with the gold grader, summarise.
+
+    Returns a flat dict: "<split>/accuracy", "<split>/gold", "<split>/length", "<split>/ended",
+    "<split>/family/<name>" (accuracy per family) and "<split>/difficulty/<d>" (accuracy per
+    difficulty). Accuracy counts correct answers, concise or wordy (tasks.is_correct).
+    """
+    g = torch.Generator().manual_seed(seed)
+    results = {}
+    for split, examples in sets.items():
+        if not examples:
+            continue
+        answers = respond(model, tok, [ex.messages for ex in examples], temperature, max_new_tokens, generator=g)
+        by_family, by_difficulty = defaultdict(list), defaultdict(list)
+        golds, correct = [], []
+        for ex, (text, ended, n) in zip(examples, answers):
+            golds.append(tasks.grade(ex, text, ended))
+            correct.append(float(tasks.is_correct(ex, text, ended)))
+            by_family[ex.family].append(correct[-1])
+            by_difficulty[ex.difficulty].append(correct[-1])
+        results[f"{split}/accuracy"] = sum(correct) / len(correct)
+        results[f"{split}/gold"] = sum(golds) / len(golds)
+        results[f"{split}/length"] = sum(n for _, _, n in answers) / len(answers)
+        results[f"{split}/ended"] = sum(e for _, e, _ in answers) / len(answers)
+        for family, c in sorted(by_family.items()):
+            results[f"{split}/family/{family}"] = sum(c) / len(c)
+        for d, c in sorted(by_difficulty.items()):
+            results[f"{split}/difficulty/{d}"] = sum(c) / len(c)
+    return results
+
+
+def headline(results):
+    """The accuracy per split, for a progress line."""
+    return {k.replace("/accuracy", "_acc"): v for k, v in results.items() if k.endswith("/accuracy")}
+
+
+# -----------------------------------------------------------------------------
+# Training
+
+
+def sft_conversations(cfg):
+    """The conversations to train on: the user's file, or demonstrations from the built-in world."""
+    if cfg.data_file:
+        return load_sft_file(cfg.data_file)
+    world = tasks.make_world(cfg.world_seed)
+    return tasks.sft_conversations(world, cfg.n_examples, seed=cfg.seed,
+                                   error_rate=cfg.error_rate, wordy_rate=cfg.wordy_rate)
+
+
+def train(cfg):
+    """Instruction-tune the base model. Returns (model, tokenizer, history)."""
+    seed_everything(cfg.seed)
+    cfg.device = str(get_device(cfg.device or None))
+    tok = Tokenizer.load(os.path.join(cfg.out_dir, "tokenizer"))
+    model, _ = load_checkpoint(cfg.init or os.path.join(cfg.out_dir, "pretrain", "model.pt"), cfg.device)
+    max_len = min(cfg.max_len, model.config.block_size)
+    examples = [render_chat(tok, conv, mask_prompt=cfg.mask_prompt) for conv in sft_conversations(cfg)]
+    n_cut = collate(examples, tok.pad_id, max_len)["n_truncated"]
+    if not cfg.quiet:
+        print(f"sft: {len(examples)} conversations, {n_cut} truncated to {max_len} tokens "
+              f"(the start of their prompt was cut)")
+
+    def next_batch(step):
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + step)  # same batches on resume
+        batches = []
+        for _ in range(cfg.grad_accum):
+            picks = torch.randint(0, len(examples), (cfg.batch_size,), generator=g).tolist()
+            batch = collate([examples[i] for i in picks], tok.pad_id, max_len)
+            batch["n"] = (batch["targets"] != -100).sum()
+            batch["n_tokens"] = batch["attention_mask"].sum()
+            batches.append(batch)
+        return batches
+
+    def loss_fn(model, batch):
+        logits, _ = model(batch["input_ids"], attention_mask=None)  # right padding: no mask needed
+        return lm_loss(logits, batch["targets"], reduction="sum"), {}
+
+    evaluate_fn = None
+    if not cfg.data_file and cfg.eval_n > 0:
+        sets = eval_sets(tasks.make_world(cfg.world_seed), cfg.eval_n)
+        evaluate_fn = lambda model: headline(evaluate(model, tok, sets))  # noqa: E731
+
+    ckpt_path = os.path.join(cfg.out_dir, "sft", "model.pt")
+    history = fit(model, cfg, next_batch, loss_fn, ckpt_path, evaluate_fn,
+                  extra={"stage_config": asdict(cfg)}, name="sft | ")
+    return model, tok, history
+
+
+if __name__ == "__main__":
+    t0 = time.time()
+    train(cli(SFTConfig))
+    print(f"sft finished in {time.time() - t0:.0f}s")

@@ -1,0 +1,160 @@
+"""Tests of model.py: causality, the loss, logprobs, KV-cache and padded generation, checkpoints."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import (GPT, IGNORE_INDEX, GPTConfig, causal_mask, filter_logits, generate, get_device,
+                   load_checkpoint, lm_loss, logprobs, save_checkpoint)
+
+CFG = GPTConfig(vocab_size=50, block_size=64, n_layer=2, n_head=2, n_embd=32)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return GPT(CFG).eval()
+
+
+def test_causal_future_tokens_do_not_change_earlier_logits(model):
+    ids = torch.randint(0, 50, (2, 12))
+    changed = ids.clone()
+    changed[:, 7:] = torch.randint(0, 50, (2, 5))
+    a, _ = model(ids)
+    b, _ = model(changed)
+    assert torch.allclose(a[:, :7], b[:, :7], atol=1e-6)
+    assert not torch.allclose(a[:, 7:], b[:, 7:])  # and the later ones do change
+
+
+def test_causal_mask_by_hand():
+    # one row of 4 tokens, the first is a pad; last 2 positions are queries
+    m = causal_mask(torch.tensor([[0, 1, 1, 1]]), T=2)[0, 0]
+    expected = torch.tensor([[False, True, True, False],
+                             [False, True, True, True]])
+    assert torch.equal(m, expected)
+    # a pad query may still attend to itself, so its softmax row is never empty
+    assert causal_mask(torch.tensor([[0, 1]]), T=2)[0, 0, 0, 0]
+
+
+def test_weight_tying_and_init(model):
+    assert model.lm_head.weight is model.wte.weight
+    std = model.blocks[0].attn.c_proj.weight.std().item()
+    assert abs(std - 0.02 / math.sqrt(2 * CFG.n_layer)) < 0.004
+
+
+def test_loss_ignores_masked_targets_and_is_finite_when_all_masked(model):
+    ids = torch.randint(0, 50, (2, 10))
+    targets = torch.randint(0, 50, (2, 10))
+    targets[:, :4] = IGNORE_INDEX
+    logits, loss = model(ids, targets)
+    keep = targets != IGNORE_INDEX
+    direct = F.cross_entropy(logits[keep], targets[keep])
+    assert torch.allclose(loss, direct, atol=1e-6)
+    _, loss = model(ids, torch.full_like(targets, IGNORE_INDEX))
+    assert torch.isfinite(loss) and loss.item() == 0.0
+    loss.backward()  # and a backward pass through it is fine
+
+
+def test_lm_loss_sum_over_micro_batches_equals_mean_over_all_tokens():
+    logits = torch.randn(4, 6, 9)
+    targets = torch.randint(0, 9, (4, 6))
+    targets[0, :5] = IGNORE_INDEX  # micro-batches with very different numbers of targets
+    n = (targets != IGNORE_INDEX).sum()
+    summed = lm_loss(logits[:2], targets[:2], "sum") + lm_loss(logits[2:], targets[2:], "sum")
+    assert torch.allclose(summed / n, lm_loss(logits, targets), atol=1e-6)
+
+
+def test_logprobs_against_direct_computation(model):
+    ids = torch.randint(0, 50, (3, 9))
+    lp = logprobs(model, ids, temperature=0.7)
+    logits, _ = model(ids)
+    for b in range(3):
+        for t in range(8):
+            direct = torch.log(torch.softmax(logits[b, t] / 0.7, dim=-1)[ids[b, t + 1]])
+            assert abs(lp[b, t].item() - direct.item()) < 1e-5
+
+
+def test_cached_generation_equals_uncached(model):
+    prompts = [[1, 2, 3, 4], [5, 6]]
+    a = generate(model, prompts, 12, temperature=0, use_cache=True, return_logprobs=True)
+    b = generate(model, prompts, 12, temperature=0, use_cache=False, return_logprobs=True)
+    assert a.responses == b.responses
+    assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a = generate(model, prompts, 12, temperature=1.0, top_k=10, use_cache=True, generator=g1)
+    b = generate(model, prompts, 12, temperature=1.0, top_k=10, use_cache=False, generator=g2)
+    assert a.responses == b.responses
+
+
+def test_padded_batch_gives_each_row_what_it_gives_alone(model):
+    prompts = [[7, 8, 9, 10, 11, 12], [3], [4, 4, 2]]
+    batch = generate(model, prompts, 10, temperature=0, return_logprobs=True)
+    for i, p in enumerate(prompts):
+        alone = generate(model, [p], 10, temperature=0, return_logprobs=True)
+        assert batch.responses[i] == alone.responses[0]
+        assert torch.allclose(batch.logprobs[i], alone.logprobs[0], atol=1e-5)
+
+
+def test_generation_logprobs_match_logprobs_helper(model):
+    gen = generate(model, [[1, 2, 3], [4]], 8, temperature=0.8, return_logprobs=True,
+                   generator=torch.Generator().manual_seed(0))
+    lp = logprobs(model, gen.tokens, gen.attention_mask, temperature=0.8)  # (B, T-1)
+    P = gen.prompt_width
+    response_lp = lp[:, P - 1:]  # entry t scores token t+1, so the response starts at P-1
+    mask = gen.attention_mask[:, P:].bool()
+    assert torch.allclose(response_lp[mask], gen.logprobs[mask], atol=1e-5)
+
+
+def test_stop_token_ends_rows_independently(model):
+    gen = generate(model, [[1, 2], [3]], 6, temperature=0)
+    stop = gen.responses[0][-1]  # a token row 0 produces greedily
+    stop_at = gen.responses[0].index(stop) + 1  # where row 0 stops when `stop` is the stop token
+    gen = generate(model, [[1, 2], [3]], 6, temperature=0, stop_id=stop, pad_id=0)
+    assert gen.responses[0][-1] == stop and gen.ended[0]
+    assert len(gen.responses[0]) == stop_at
+    # after the stop, the row holds pads with mask 0
+    assert gen.attention_mask[0, gen.prompt_width + stop_at:].sum() == 0
+    assert all(t == 0 for t in gen.tokens[0, gen.prompt_width + stop_at:].tolist())
+    assert gen.ended[1] == (stop in gen.responses[1])
+
+
+def test_top_k_and_top_p_filtering():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, top_k=2)[0, 2:]).all()
+    assert torch.isfinite(filter_logits(logits, top_k=2)[0, :2]).all()
+    # nucleus 0.7: 0.5 alone is < 0.7, so 0.5 and 0.3 stay and the rest go
+    kept = torch.isfinite(filter_logits(logits, top_p=0.7)[0])
+    assert kept.tolist() == [True, True, False, False]
+    kept = torch.isfinite(filter_logits(logits, top_p=0.5)[0])
+    assert kept.tolist() == [True, False, False, False]
+
+
+def test_too_long_raises(model):
+    with pytest.raises(ValueError, match="block_size"):
+        generate(model, [[1] * 60], 10)
+
+
+def test_checkpoint_round_trip_and_mismatch(tmp_path, model):
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint(path, model, {"step": 3})
+    loaded, ckpt = load_checkpoint(path)
+    assert ckpt["step"] == 3
+    ids = torch.randint(0, 50, (1, 5))
+    assert torch.equal(model(ids)[0], loaded.eval()(ids)[0])
+    # a checkpoint whose weights do not fit the config it claims
+    sd = model.state_dict()
+    sd["wte.weight"] = torch.zeros(60, 32)
+    torch.save({"model": sd, "config": vars(CFG)}, path)
+    with pytest.raises(ValueError, match="wte.weight"):
+        load_checkpoint(path)
+    torch.save({"model": sd, "config": {**vars(CFG), "n_experts": 4}}, path)
+    with pytest.raises(ValueError, match="n_experts"):
+        load_checkpoint(path)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(str(tmp_path / "nope.pt"))
+
+
+def test_get_device_override():
+    assert get_device("cpu").type == "cpu"
