@@ -53,6 +53,8 @@ class GPTConfig:
     """dropout probability; keep 0 for post-training"""
     bias: bool = True
     """biases in Linear and LayerNorm layers, as in GPT-2"""
+    rope: bool = False
+    """rotary position embeddings (Su et al. 2021) instead of GPT-2's learned positions"""
 
 
 # -----------------------------------------------------------------------------
@@ -92,13 +94,15 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
-    def forward(self, x, attn_mask=None, cache=None, layer=0):
+    def forward(self, x, attn_mask=None, cache=None, layer=0, rope=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if rope is not None:  # rotate queries and keys by their positions
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T
         dropout = self.dropout if self.training else 0.0
@@ -131,8 +135,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask=None, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer)
+    def forward(self, x, attn_mask=None, cache=None, layer=0, rope=None):
+        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -141,7 +145,8 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)  # position embeddings
+        if not config.rope:
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)  # learned position embeddings
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
@@ -161,7 +166,7 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding=True):
         n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding else n
+        return n - self.wpe.weight.numel() if non_embedding and not self.config.rope else n
 
     def hidden_states(self, idx, attention_mask=None, cache=None):
         """The final hidden states (B, T, C), after the last LayerNorm.
@@ -181,9 +186,13 @@ class GPT(nn.Module):
             attn_mask = causal_mask(attention_mask, T)
         if pos.max() >= self.config.block_size:
             raise ValueError(f"sequence of length {pos.max() + 1} exceeds block_size {self.config.block_size}")
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        if self.config.rope:
+            x, rope = self.wte(idx), rope_angles(pos, self.config.n_embd // self.config.n_head)
+        else:
+            x, rope = self.wte(idx) + self.wpe(pos), None
+        x = self.drop(x)  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, attn_mask, cache, i)
+            x = block(x, attn_mask, cache, i, rope)
         if cache is not None:
             cache.length += T
         return self.ln_f(x)
@@ -193,6 +202,19 @@ class GPT(nn.Module):
         logits = self.lm_head(self.hidden_states(idx, attention_mask, cache))
         loss = lm_loss(logits, targets) if targets is not None else None
         return logits, loss
+
+
+def rope_angles(pos, head_dim, base=10000.0):
+    """cos and sin of the rotary angles pos * base^(-2i/hs), each (B, 1, T, hs/2). pos: (B, T)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=pos.device).float() / head_dim)
+    angles = pos.float().unsqueeze(-1) * inv_freq  # (B, T, hs/2)
+    return angles.cos().unsqueeze(1), angles.sin().unsqueeze(1)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate each pair (x_i, x_{i+hs/2}) of x (B, nh, T, hs) by its angle (RoPE, Su et al. 2021)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 def causal_mask(attention_mask, T):

@@ -41,17 +41,19 @@ class PretrainConfig:
     """transformer blocks"""
     n_head: int = 4
     """attention heads"""
-    n_embd: int = 192
+    n_embd: int = 128
     """model width"""
     block_size: int = 128
     """context length in tokens"""
+    rope: bool = True
+    """rotary position embeddings (false: GPT-2's learned positions)"""
     batch_size: int = 32
     """sequences per micro-batch"""
     grad_accum: int = 1
     """micro-batches per optimizer step"""
-    max_steps: int = 1500
+    max_steps: int = 900
     """optimizer steps"""
-    lr: float = 2e-3
+    lr: float = 3e-3
     """peak learning rate"""
     warmup_steps: int = 100
     """linear warmup steps"""
@@ -61,11 +63,11 @@ class PretrainConfig:
     """AdamW weight decay on 2-D weights"""
     grad_clip: float = 1.0
     """clip the gradient norm to this (0 = off)"""
-    eval_every: int = 250
+    eval_every: int = 300
     """steps between validation-loss measurements"""
-    log_every: int = 50
+    log_every: int = 100
     """steps between progress lines"""
-    ckpt_every: int = 250
+    ckpt_every: int = 300
     """steps between checkpoints"""
     seed: int = 1337
     """training seed (initialisation and batches)"""
@@ -120,7 +122,7 @@ def train(cfg):
     train_stream = tokenize_documents(tok, [d for i, d in enumerate(documents) if i % 20 != 19])
     val_stream = tokenize_documents(tok, [d for i, d in enumerate(documents) if i % 20 == 19] or documents[-1:])
     model_cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=cfg.block_size,
-                          n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
+                          n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, rope=cfg.rope)
     model = GPT(model_cfg).to(cfg.device)
     if not cfg.quiet:
         print(f"corpus: {len(documents)} documents, {len(train_stream):,} train tokens, "

@@ -46,7 +46,7 @@ class SFTConfig:
     """share of demonstrations that are correct but wordy"""
     mask_prompt: bool = True
     """loss on the response only (false: on every token)"""
-    batch_size: int = 32
+    batch_size: int = 64
     """conversations per micro-batch"""
     grad_accum: int = 1
     """micro-batches per optimizer step"""
@@ -54,7 +54,7 @@ class SFTConfig:
     """longest input window; longer conversations lose the start of their prompt"""
     max_steps: int = 600
     """optimizer steps"""
-    lr: float = 1e-3
+    lr: float = 2e-3
     """peak learning rate"""
     warmup_steps: int = 30
     """linear warmup steps"""
@@ -89,12 +89,14 @@ class SFTConfig:
 def respond(model, tok, prompts, temperature=0.0, max_new_tokens=48, batch_size=64, generator=None):
     """Answer a list of conversations (message lists). Returns [(text, ended, n_tokens)].
 
-    The text excludes the end-of-turn token; `ended` says whether the model produced it.
+    The text excludes the end-of-turn token; `ended` says whether the model produced it. A prompt
+    longer than block_size - max_new_tokens keeps only its last tokens.
     """
     device = next(model.parameters()).device
+    room = model.config.block_size - max_new_tokens  # longer prompts lose their start, as in training
     answers = []
     for i in range(0, len(prompts), batch_size):
-        ids = [render_prompt(tok, messages) for messages in prompts[i:i + batch_size]]
+        ids = [render_prompt(tok, messages)[-room:] for messages in prompts[i:i + batch_size]]
         with autocast(device):
             gen = generate(model, ids, max_new_tokens, temperature=temperature, stop_id=tok.end_id,
                            pad_id=tok.pad_id, generator=generator)

@@ -12,10 +12,10 @@ from model import (GPT, IGNORE_INDEX, GPTConfig, causal_mask, filter_logits, gen
 CFG = GPTConfig(vocab_size=50, block_size=64, n_layer=2, n_head=2, n_embd=32)
 
 
-@pytest.fixture
-def model():
+@pytest.fixture(params=[False, True], ids=["learned-pos", "rope"])
+def model(request):
     torch.manual_seed(0)
-    return GPT(CFG).eval()
+    return GPT(GPTConfig(**{**vars(CFG), "rope": request.param})).eval()
 
 
 def test_causal_future_tokens_do_not_change_earlier_logits(model):

@@ -1,0 +1,98 @@
+"""Tiny end-to-end runs: pretrain -> SFT -> evaluate, the loss falls, resume == uninterrupted, the CLI."""
+
+import os
+
+import pytest
+import torch
+
+import pretrain
+import sft
+import tasks
+from common import cli, lr_at
+from model import load_checkpoint
+
+TINY_MODEL = dict(corpus_size=0.05, vocab_size=300, n_layer=1, n_head=2, n_embd=32, block_size=64,
+                  batch_size=8, lr=3e-3, warmup_steps=2, log_every=5, eval_every=0, ckpt_every=0,
+                  device="cpu", quiet=True)
+
+
+def tiny_pretrain(out_dir, **overrides):
+    return pretrain.train(pretrain.PretrainConfig(out_dir=str(out_dir), **{**TINY_MODEL, "max_steps": 30, **overrides}))
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    model, tok, history = tiny_pretrain(out)
+    return out, tok, history
+
+
+def test_pretrain_loss_falls_and_checkpoint_is_finished(base_run):
+    out, tok, history = base_run
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert losses[-1] < losses[0] - 0.5, losses
+    model, ckpt = load_checkpoint(os.path.join(out, "pretrain", "model.pt"))
+    assert ckpt["finished"] and ckpt["step"] == 30
+    assert os.path.exists(os.path.join(out, "tokenizer", "tokenizer.json"))
+    assert os.path.exists(os.path.join(out, "pretrain", "metrics.jsonl"))
+
+
+def test_sft_then_evaluate(base_run):
+    out, tok, _ = base_run
+    cfg = sft.SFTConfig(out_dir=str(out), n_examples=200, batch_size=8, max_steps=25, warmup_steps=2,
+                        log_every=5, eval_every=0, eval_n=0, ckpt_every=0, device="cpu", quiet=True)
+    model, tok, history = sft.train(cfg)
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert losses[-1] < losses[0], losses
+    sets = sft.eval_sets(tasks.make_world(0), 4)
+    results = sft.evaluate(model, tok, sets, max_new_tokens=8)
+    for split in sft.EVAL_SPLITS:
+        assert 0.0 <= results[f"{split}/accuracy"] <= 1.0
+        assert 0.0 <= results[f"{split}/ended"] <= 1.0
+        assert results[f"{split}/length"] <= 8
+    assert any(k.startswith("test/family/") for k in results)
+    assert any(k.startswith("test/difficulty/") for k in results)
+    sampled = sft.evaluate(model, tok, sets, temperature=1.0, max_new_tokens=8)
+    assert set(sampled) == set(results)
+
+
+def test_interrupted_pretrain_resumes_to_the_same_weights(tmp_path, base_run, monkeypatch):
+    _, tok, _ = base_run
+    for d in ("a", "b"):  # reuse the trained tokenizer so only the model training is compared
+        os.makedirs(tmp_path / d / "tokenizer")
+        tok.save(str(tmp_path / d / "tokenizer"))
+    uninterrupted, _, _ = tiny_pretrain(tmp_path / "a", max_steps=12)
+
+    calls = {"n": 0}
+    real_loss = pretrain.lm_loss
+
+    def interrupt_at_step_7(*args, **kwargs):  # the training loss runs once per step
+        calls["n"] += 1
+        if calls["n"] == 8:  # step 7 never completes
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain, "lm_loss", interrupt_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_pretrain(tmp_path / "b", max_steps=12)
+    _, ckpt = load_checkpoint(str(tmp_path / "b" / "pretrain" / "model.pt"))
+    assert ckpt["step"] == 7 and not ckpt["finished"]
+
+    monkeypatch.setattr(pretrain, "lm_loss", real_loss)
+    resumed, _, _ = tiny_pretrain(tmp_path / "b", max_steps=12, resume=True)
+    for (name, p), q in zip(uninterrupted.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(p, q, atol=1e-6), name
+
+
+def test_cli_reads_flags_and_booleans():
+    cfg = cli(sft.SFTConfig, ["--max-steps", "7", "--mask-prompt", "false", "--lr", "0.01", "--resume"])
+    assert cfg.max_steps == 7 and cfg.mask_prompt is False and cfg.lr == 0.01 and cfg.resume is True
+    with pytest.raises(SystemExit):
+        cli(sft.SFTConfig, ["--mask-prompt", "maybe"])
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)
+    assert lr_at(55, 100, 1.0, 10, min_lr_frac=0.1) == pytest.approx(0.55)  # halfway down the cosine
+    assert lr_at(100, 100, 1.0, 10, min_lr_frac=0.1) == pytest.approx(0.1)
