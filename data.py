@@ -288,8 +288,25 @@ class Tokenizer:
 #   <|bos|><|system|>Be brief.<|end|><|user|>Add 2 and 3.<|end|><|assistant|>5<|end|>
 #   \_____________________________ loss_mask 0 _____________________________/\_ 1 __/
 # A prompt for generation is the rendered messages + <|assistant|>; the model answers and ends
-# its turn with <|end|>. Each message's content is encoded on its own, so
-# render_chat(chat + [answer]) == render_prompt(chat) + encode(answer) + [end_id] exactly.
+# its turn with <|end|>. Each message's content is encoded on its own (encode_content), so
+# render_chat(chat + [answer]) == render_prompt(chat) + encode_content(answer) + [end_id] exactly.
+#
+# Every content is encoded with one leading space, as SentencePiece's add_dummy_prefix does
+# (Kudo & Richardson 2018; LLaMA's tokenizer): " bus" is then the same token in the question
+# "first word of bus, snake?" and at the start of the answer " bus", instead of a second token
+# "bus" the model would have to learn to map to. A small model copies far more easily this way.
+# decode_content removes that space again.
+
+
+def encode_content(tokenizer: "Tokenizer", text: str) -> list[int]:
+    """The ids of a message's text inside the chat template: plain text with a leading space."""
+    return tokenizer.encode(" " + text)
+
+
+def decode_content(tokenizer: "Tokenizer", ids) -> str:
+    """Inverse of encode_content: decode and drop the one leading space."""
+    text = tokenizer.decode(ids)
+    return text[1:] if text.startswith(" ") else text
 
 
 def _check_message(index: int, message) -> None:
@@ -314,7 +331,7 @@ def render_chat(tokenizer: Tokenizer, messages: list[dict],
     ids, loss_mask = [tokenizer.bos_id], [0]
     for index, message in enumerate(messages):
         _check_message(index, message)
-        content_ids = tokenizer.encode(message["content"])
+        content_ids = encode_content(tokenizer, message["content"])
         supervised = int(message["role"] == "assistant" or not mask_prompt)
         ids += [tokenizer.role_ids[message["role"]]] + content_ids + [tokenizer.end_id]
         loss_mask += [int(not mask_prompt)] + [supervised] * (len(content_ids) + 1)

@@ -21,7 +21,7 @@ import torch
 
 import tasks
 from common import cli, fit, seed_everything
-from data import Tokenizer, load_text
+from data import Tokenizer, encode_content, load_text
 from model import GPT, GPTConfig, autocast, get_device, lm_loss
 
 
@@ -97,11 +97,14 @@ def get_tokenizer(cfg, documents):
 
 
 def tokenize_documents(tok, documents):
-    """One long stream of token ids, each document preceded by <|bos|>. Returns a LongTensor."""
+    """One long stream of token ids, each document preceded by <|bos|>. Returns a LongTensor.
+
+    Each document gets one leading space, like chat messages (data.encode_content).
+    """
     ids = []
     for doc in documents:
         ids.append(tok.bos_id)
-        ids.extend(tok.encode(doc))
+        ids.extend(encode_content(tok, doc))
     return torch.tensor(ids, dtype=torch.long)
 
 

@@ -22,7 +22,7 @@ import torch
 
 import tasks
 from common import cli, fit, seed_everything
-from data import Tokenizer, collate, load_sft_file, render_chat, render_prompt
+from data import Tokenizer, collate, decode_content, load_sft_file, render_chat, render_prompt
 from model import autocast, generate, get_device, lm_loss, load_checkpoint
 
 EVAL_SPLITS = ("test", "heldout_phrasing", "heldout_people", "heldout_task")
@@ -102,7 +102,7 @@ def respond(model, tok, prompts, temperature=0.0, max_new_tokens=48, batch_size=
                            pad_id=tok.pad_id, generator=generator)
         for response, ended in zip(gen.responses, gen.ended):
             text_ids = response[:-1] if ended else response
-            answers.append((tok.decode(text_ids), ended, len(response)))
+            answers.append((decode_content(tok, text_ids), ended, len(response)))
     return answers
 
 
