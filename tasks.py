@@ -14,7 +14,7 @@ instruction has a checkable answer. That lets every stage be *measured* (see doc
 
 Use:
     world = make_world(seed=0)
-    docs = pretrain_corpus(world, size=1.0)            # list[str], about 1.7 MB of text
+    docs = pretrain_corpus(world, size=1.0)            # list[str], about 1.9 MB of text
     train = make_examples(world, "train", 1000)        # list[Example]
     ex = train[0]; ex.messages, ex.answer              # prompt messages and clean answer
     grade(ex, "pear, dog, cat", ended=True)            # 1.0 / (0.5, 0.75) / 0.0 / -1.0
@@ -166,7 +166,8 @@ def _category_doc(world: World, rng: random.Random) -> str:
         lines.append(rng.choice([f"{_cap(_a(word))} is {CATEGORY_PHRASE[c]}.",
                                  f"{_cap(_a(word))} is a kind of {c}.",
                                  f"The word {word} names {CATEGORY_PHRASE[c]}.",
-                                 f"What is {_a(word)}? It is a kind of {c}."]))
+                                 f"What is {_a(word)}? It is a kind of {c}.",
+                                 f"{_cap(_a(word))} falls into the group {c}."]))
     return " ".join(lines)
 
 
@@ -192,21 +193,28 @@ def _skill_sentence(skill: str, world: World, rng: random.Random, d: int) -> str
                 f"If you add {a} and {b} you get {a + b}."],
         "compare": [f"{max(a, b)} is larger than {min(a, b)}.", f"{min(a, b)} is smaller than {max(a, b)}.",
                     f"Of {a} and {b}, the larger number is {max(a, b)}.",
-                    f"Between {a} and {b}, {max(a, b)} is bigger."]
+                    f"Between {a} and {b}, {max(a, b)} is bigger.",
+                    f"Of {a} and {b}, the greater one is {max(a, b)}."]
         if a != b else [f"{a} and {b} are equal."],
         "reverse": [f"The list {_csv(ws)} in reverse order is {_csv(ws[::-1])}.",
                     f"Reversed, {_csv(ws)} becomes {_csv(ws[::-1])}.",
-                    f"Backwards, {_csv(ws)} reads {_csv(ws[::-1])}."],
+                    f"Backwards, {_csv(ws)} reads {_csv(ws[::-1])}.",
+                    f"Put in the opposite order, {_csv(ws)} is {_csv(ws[::-1])}."],
         "sort": [f"In alphabetical order, {_csv(ws)} becomes {_csv(sorted(ws))}.",
-                 f"Sorted from A to Z, {_csv(ws)} is {_csv(sorted(ws))}."],
+                 f"Sorted from A to Z, {_csv(ws)} is {_csv(sorted(ws))}.",
+                 f"When {_csv(ws)} is sorted in alphabetical order, it reads {_csv(sorted(ws))}."],
         "count": [f"The list {_csv(ws)} has {len(ws)} words.", f"There are {len(ws)} words in {_csv(ws)}.",
                   f"Counting {_csv(ws)} gives {len(ws)} words."],
         "ends": [f"The first word of {_csv(ws)} is {ws[0]}.", f"The last word of {_csv(ws)} is {ws[-1]}.",
-                 f"In the list {_csv(ws)}, the first word is {ws[0]} and the last word is {ws[-1]}."],
+                 f"In the list {_csv(ws)}, the first word is {ws[0]} and the last word is {ws[-1]}.",
+                 f"At the start of the list {_csv(ws)} is the word {ws[0]}.",
+                 f"The final word of {_csv(ws)} is {ws[-1]}."],
         "upper": [f"In capital letters, {' '.join(ws[:d])} is {' '.join(ws[:d]).upper()}.",
-                  f"The word {w} in upper case is {w.upper()}.", f"Written in caps, {w} becomes {w.upper()}."],
+                  f"The word {w} in upper case is {w.upper()}.", f"Written in caps, {w} becomes {w.upper()}.",
+                  f"Using only capital letters, {w} is written {w.upper()}."],
         "repeat": [f"The word {w} said {n} times is {' '.join([w] * n)}.",
-                   f"{_cap(w)} {n} times: {' '.join([w] * n)}."],
+                   f"{_cap(w)} {n} times: {' '.join([w] * n)}.",
+                   f"Printed exactly {n} times, {w} is {' '.join([w] * n)}."],
     }
     return rng.choice(forms[skill])
 
@@ -248,14 +256,14 @@ def _story(world: World, rng: random.Random) -> str:
 
 
 def pretrain_corpus(world: World, size: float = 1.0, seed: int = 0) -> list[str]:
-    """Plain-text documents, shuffled. size scales the number of documents (size=1.0: about 1.7 MB).
-    Every person gets max(1, round(12 * size)) biographies, so even a tiny corpus states every fact
-    (at size=1.0: each fact 24 times, in several paraphrases)."""
+    """Plain-text documents, shuffled. size scales the number of documents (size=1.0: about 1.9 MB).
+    Every person gets max(1, round(20 * size)) biographies, so even a tiny corpus states every fact
+    (at size=1.0: each fact 40 times, in several paraphrases)."""
     rng = random.Random(zlib.crc32(repr(("corpus", world.seed, seed)).encode()))
-    docs = [_bio(p, rng) for p in world.people for _ in range(max(1, round(12 * size)))]
+    docs = [_bio(p, rng) for p in world.people for _ in range(max(1, round(20 * size)))]
     docs += [_category_doc(world, rng) for _ in range(max(1, round(400 * size)))]
     docs += [_skill_doc(world, rng) for _ in range(max(1, round(3200 * size)))]
-    docs += [_story(world, rng) for _ in range(max(1, round(1300 * size)))]
+    docs += [_story(world, rng) for _ in range(max(1, round(900 * size)))]
     rng.shuffle(docs)
     return docs
 
