@@ -1,0 +1,244 @@
+"""Tests of reward.py: the Bradley-Terry loss, where the score is read, normalisation, preference
+data, a tiny RM that learns a separable preference, and a tiny end-to-end run."""
+
+import json
+import math
+import os
+import random
+import shutil
+
+import pytest
+import torch
+
+import pretrain
+import reward
+import sft
+import tasks
+from data import Tokenizer, load_preferences_jsonl, write_preferences_jsonl
+from model import GPT, GPTConfig
+from reward import (RewardConfig, RewardModel, bradley_terry_loss, evaluate_reward, last_token_index,
+                    load_reward_model, modelfree_preferences, normalise, pad, policy_preferences, score)
+
+WORLD = tasks.make_world(0)
+WORDS = ["apple", "pear", "plum", "lemon", "grape", "peach", "mango", "melon", "cherry", "banana", "kiwi", "fig"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    text = " ".join(f"I like {a} and {b}. Name two fruits." for a in WORDS for b in WORDS) * 3
+    return Tokenizer.train(text, vocab_size=300)
+
+
+def tiny_rm(tok, rope=False, seed=0):
+    torch.manual_seed(seed)
+    gpt = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32, rope=rope))
+    return RewardModel(gpt).eval()
+
+
+# ----------------------------------------------------------------------------- the loss
+
+
+def test_bradley_terry_loss_and_gradient_by_hand():
+    chosen = torch.tensor([2.0, 0.0], requires_grad=True)
+    rejected = torch.tensor([0.0, 0.0], requires_grad=True)
+    loss = bradley_terry_loss(chosen, rejected)
+    assert loss.shape == (2,)
+    assert loss[0].item() == pytest.approx(math.log(1 + math.exp(-2)))
+    assert loss[1].item() == pytest.approx(math.log(2))  # no preference: ln 2
+    loss.sum().backward()
+    s = 1 / (1 + math.exp(2))  # sigmoid(-2)
+    assert chosen.grad.tolist() == pytest.approx([-s, -0.5])
+    assert rejected.grad.tolist() == pytest.approx([s, 0.5])
+
+
+def test_bradley_terry_margin_and_stability():
+    c, r = torch.tensor([2.0]), torch.tensor([0.0])
+    assert bradley_terry_loss(c, r, margin=1.0).item() == pytest.approx(math.log(1 + math.exp(-1)))
+    assert bradley_terry_loss(c, r, margin=torch.tensor([2.0])).item() == pytest.approx(math.log(2))
+    big = bradley_terry_loss(torch.tensor([0.0, 200.0]), torch.tensor([200.0, 0.0]))
+    assert big[0].item() == pytest.approx(200.0) and big[1].item() == pytest.approx(0.0)  # finite, no overflow
+
+
+# ----------------------------------------------------------------------------- where the score is read
+
+
+def test_last_token_index():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 0, 0, 0]])
+    assert last_token_index(mask).tolist() == [2, 4, 4, 1]
+    with pytest.raises(ValueError):
+        last_token_index(torch.tensor([[0, 0]]))
+
+
+@pytest.mark.parametrize("rope", [False, True], ids=["learned-pos", "rope"])
+def test_score_is_read_at_the_last_real_token_whatever_the_padding(tok, rope):
+    rm = tiny_rm(tok, rope)
+    prompt = [{"role": "user", "content": "Name two fruits."}]
+    rows = [reward.render_scored(tok, prompt, r, 64) for r in ["fig", "I like apple and banana", "kiwi and pear"]]
+    with torch.no_grad():
+        alone = torch.cat([rm(torch.tensor([row])) for row in rows])
+        for side in ("right", "left"):
+            ids, mask = pad(rows, tok.pad_id, side)
+            assert torch.allclose(rm(ids, mask), alone, atol=1e-5), side
+            other_pads = torch.where(mask.bool(), ids, torch.randint_like(ids, tok.vocab_size))
+            assert torch.allclose(rm(other_pads, mask), alone, atol=1e-5), side  # pads never matter
+        # and the read token is the final <|end|>: changing the last real token changes the score
+        ids, mask = pad(rows, tok.pad_id, "right")
+        last = last_token_index(mask)
+        assert (ids[torch.arange(3), last] == tok.end_id).all()
+        ids[0, last[0]] = tok.user_id
+        assert not torch.isclose(rm(ids, mask)[0], alone[0])
+
+
+def test_normalise_gives_mean_0_std_1(tok):
+    rm = tiny_rm(tok)
+    prompts = [[{"role": "user", "content": "Name two fruits."}]] * len(WORDS)
+    responses = [f"I like {w}" for w in WORDS]
+    mean, std = normalise(rm, tok, prompts, responses)
+    scores = score(rm, tok, prompts, responses)
+    assert scores.mean().item() == pytest.approx(0.0, abs=1e-5)
+    assert scores.std().item() == pytest.approx(1.0, abs=1e-4)
+    assert torch.allclose(score(rm, tok, prompts, responses, raw=True), scores * std + mean, atol=1e-5)
+    assert rm.head.bias.item() == 0.0 and rm.head.weight.std().item() == pytest.approx(1 / math.sqrt(33), rel=0.5)
+
+
+# ----------------------------------------------------------------------------- preference data
+
+
+def test_modelfree_preferences_follow_the_gold_rule():
+    examples = tasks.make_examples(WORLD, "train", 130, seed=3)
+    pairs = modelfree_preferences(examples, random.Random(0))
+    assert len(pairs) == len(examples)
+    assert all(p["gold_chosen"] > p["gold_rejected"] for p in pairs)
+    assert {p["family"] for p in pairs} == {ex.family for ex in examples}
+    assert reward.label_agreement(pairs) == 1.0
+
+
+def test_preference_files_round_trip(tmp_path):
+    pairs = modelfree_preferences(tasks.make_examples(WORLD, "train", 40, seed=4), random.Random(0))
+    path = tmp_path / "preferences" / "train.jsonl"
+    write_preferences_jsonl(path, pairs)
+    loaded = load_preferences_jsonl(path)
+    assert loaded == [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
+
+
+def test_policy_preferences_dedupe_drop_unterminated_and_label(monkeypatch):
+    examples = tasks.make_examples(WORLD, "train", 3, seed=5)
+    canned = []
+    for ex in examples:  # k = 4 samples per prompt: answer twice, the mistake, an unterminated wordy one
+        canned += [(ex.answer, True, 2), (ex.answer, True, 2), (ex.mistake, True, 2), ("Sure! " + ex.answer, False, 9)]
+    monkeypatch.setattr(reward.sft, "respond", lambda *args, **kwargs: canned)
+    pairs = policy_preferences(None, None, examples, tasks.Labeler(temperature=0.0), k=4)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [(ex.answer, ex.mistake) for ex in examples]
+    assert all(p["gold_chosen"] == 1.0 and p["gold_rejected"] == 0.0 for p in pairs)
+
+
+def test_group_by_prompt_scores_each_response_once(tok):
+    p, q = [{"role": "user", "content": "Name two fruits."}], [{"role": "user", "content": "Name a fruit."}]
+    pairs = [{"prompt": p, "chosen": "fig", "rejected": "kiwi"}, {"prompt": q, "chosen": "plum", "rejected": "pear"},
+             {"prompt": p, "chosen": "fig", "rejected": "lime"}, {"prompt": p, "chosen": "lime", "rejected": "kiwi"}]
+    groups = reward.group_by_prompt(tok, pairs, 64)
+    assert [len(rows) for rows, _ in groups] == [3, 2]
+    rows, comparisons = groups[0]
+    assert rows == [reward.render_scored(tok, p, text, 64) for text in ("fig", "kiwi", "lime")]
+    assert comparisons == [(0, 1), (0, 2), (2, 1)]
+
+
+def test_best_of_n_picks_the_highest_score_and_never_an_unterminated_answer(monkeypatch):
+    examples = tasks.make_examples(WORLD, "test", 2, seed=6)
+    wordy = {ex.answer: "Sure! The answer is: " + ex.answer for ex in examples}
+    canned = []
+    for ex in examples:  # 4 samples per prompt; the 3rd never ended but would score highest
+        canned += [(ex.mistake, True, 2), (wordy[ex.answer], True, 8), (ex.answer, False, 9), (ex.answer, True, 2)]
+    fake_scores = {**{ex.mistake: 0.0 for ex in examples}, **{w: 0.5 for w in wordy.values()},
+                   **{ex.answer: 1.0 for ex in examples}}
+    monkeypatch.setattr(reward.sft, "respond", lambda *args, **kwargs: canned)
+    monkeypatch.setattr(reward, "score", lambda rm, tok, prompts, responses, **kw:
+                        torch.tensor([fake_scores[r] + 5.0 * (i % 4 == 2) for i, r in enumerate(responses)]))
+    results = reward.best_of_n(None, None, None, examples, ns=(1, 2, 4))
+    assert results["bon/1/gold"] == 0.0 and results["bon/1/rm"] == 0.0  # the first sample: the mistake
+    assert 0.5 < results["bon/2/gold"] < 0.75 and results["bon/2/rm"] == 0.5  # the wordy one
+    assert results["bon/4/gold"] == 1.0 and results["bon/4/rm"] == 1.0  # not the unterminated 3rd
+    assert results["bon/4/ended"] == 1.0
+    picks = reward.bon_respond(None, None, None, [ex.messages for ex in examples], n=4)
+    assert [(text, ended) for text, ended, _ in picks] == [(ex.answer, True) for ex in examples]
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+def test_tiny_rm_learns_a_separable_preference(tok, tmp_path):
+    """Answers that contain "banana" are preferred: a 1-layer RM learns it in 60 steps."""
+    rng = random.Random(0)
+    others = [w for w in WORDS if w != "banana"]
+
+    def pair():
+        a, b, c = rng.sample(others, 3)
+        good = rng.choice([f"I like banana and {a}", f"I like {a} and banana"])
+        prompt = [{"role": "user", "content": f"Name two fruits. {rng.randrange(1000)}"}]
+        return {"prompt": prompt, "chosen": good, "rejected": f"I like {b} and {c}"}
+
+    train_pairs, heldout = [pair() for _ in range(400)], [pair() for _ in range(100)]
+    rm = tiny_rm(tok)
+    before = evaluate_reward(rm, tok, heldout)["accuracy"]
+    cfg = RewardConfig(batch_size=16, max_steps=60, lr=3e-3, warmup_steps=5, log_every=20, device="cpu", quiet=True)
+    history = reward.fit_reward_model(rm, tok, train_pairs, cfg, str(tmp_path / "rm.pt"))
+    after = evaluate_reward(rm, tok, heldout)
+    assert after["accuracy"] >= 0.97, (before, after)
+    assert after["margin"] > 1.0
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+# ----------------------------------------------------------------------------- end to end
+
+TINY = dict(corpus_size=0.05, vocab_size=300, n_layer=1, n_head=2, n_embd=32, block_size=96, batch_size=8,
+            warmup_steps=2, log_every=10, eval_every=0, ckpt_every=0, device="cpu", quiet=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_sft_run(tmp_path_factory):
+    """A tiny pretrain + SFT run (seconds): its answers are poor but many end, enough for pairs."""
+    out = tmp_path_factory.mktemp("rmrun")
+    pretrain.train(pretrain.PretrainConfig(out_dir=str(out), max_steps=30, lr=3e-3, **TINY))
+    sft.train(sft.SFTConfig(out_dir=str(out), n_examples=300, batch_size=16, max_steps=100, lr=3e-3, warmup_steps=2,
+                            log_every=10, eval_every=0, eval_n=0, ckpt_every=0, device="cpu", quiet=True))
+    return out
+
+
+@pytest.mark.parametrize("model_free", [True, False], ids=["model-free", "policy"])
+def test_tiny_run_end_to_end(model_free, tiny_sft_run):
+    out = tiny_sft_run
+    cfg = RewardConfig(out_dir=str(out), model_free=model_free, n_prompts=24, n_heldout_prompts=12,
+                       samples_per_prompt=3, max_new_tokens=12, batch_size=8, max_steps=4, warmup_steps=1,
+                       n_norm=16, bon_n=6, bon_ns="1,2,4", log_every=2, eval_every=2, device="cpu", quiet=True)
+    rm, tok, history = reward.train(cfg)
+    results = history[-1]
+    for key in ("heldout/accuracy", "heldout/gold_accuracy", "heldout/margin", "labels/gold_agreement",
+                "bon/1/gold", "bon/4/gold", "bon/4/rm", "gold_correlation"):
+        assert key in results, key
+    assert os.path.exists(out / "preferences" / "train.jsonl") and os.path.exists(out / "preferences" / "heldout.jsonl")
+    assert load_preferences_jsonl(out / "preferences" / "heldout.jsonl")
+    ckpt = torch.load(out / "reward" / "model.pt", weights_only=True)
+    assert ckpt["finished"] and ckpt["normalised"] and ckpt["step"] == 4
+    loaded = load_reward_model(str(out / "reward" / "model.pt"))
+    prompts = [ex.messages for ex in tasks.make_examples(WORLD, "test", 5)]
+    responses = ["cat, dog", "42", "Sure! It is red.", "x", "PEAR"]
+    assert torch.equal(score(rm, tok, prompts, responses), score(loaded, tok, prompts, responses))
+    assert loaded.score_std.item() != 1.0  # the normalisation was saved
+
+
+def test_tiny_run_on_a_users_hh_rlhf_file(tiny_sft_run, tmp_path):
+    """--data-file: any preference form data.load_preferences_jsonl reads; world metrics are skipped."""
+    shutil.copytree(tiny_sft_run / "tokenizer", tmp_path / "tokenizer")
+    lines = []
+    for a, b in [(a, b) for a in range(2, 9) for b in range(2, 9)]:
+        human = f"\n\nHuman: What is {a} + {b}?\n\nAssistant: "
+        lines.append(json.dumps({"chosen": human + str(a + b), "rejected": human + str(a + b + 1)}))
+    (tmp_path / "hh.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = RewardConfig(out_dir=str(tmp_path), init=str(tiny_sft_run / "sft" / "model.pt"),
+                       data_file=str(tmp_path / "hh.jsonl"), max_new_tokens=12, batch_size=8, max_steps=3,
+                       warmup_steps=1, n_norm=8, device="cpu", quiet=True)
+    rm, tok, history = reward.train(cfg)
+    results = history[-1]
+    assert 0.0 <= results["heldout/accuracy"] <= 1.0
+    assert not any("gold" in key or key.startswith("bon/") for key in results)
+    assert load_reward_model(str(tmp_path / "reward" / "model.pt")).score_std.item() == rm.score_std.item()
