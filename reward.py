@@ -73,7 +73,7 @@ class RewardConfig:
     margin: float = 0.0
     """margin m in -log sigmoid(r_chosen - r_rejected - m) (Llama 2); 0 is plain Bradley-Terry"""
     batch_size: int = 16
-    """prompts per micro-batch, each with all its comparisons"""
+    """prompts per optimizer step, each with all its comparisons"""
     epochs: float = 2.0
     """passes over the training pairs (one or two: small data overfits)"""
     max_steps: int = 0
