@@ -44,6 +44,7 @@ def test_sft_then_evaluate(base_run):
     model, tok, history = sft.train(cfg)
     losses = [h["loss"] for h in history if "loss" in h]
     assert losses[-1] < losses[0], losses
+    assert all(h["ptx_loss"] > 0 for h in history if "loss" in h)  # the pretraining mix is on by default
     sets = sft.eval_sets(tasks.make_world(0), 4)
     results = sft.evaluate(model, tok, sets, max_new_tokens=8)
     for split in sft.EVAL_SPLITS:
@@ -96,3 +97,12 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
     assert lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)
     assert lr_at(55, 100, 1.0, 10, min_lr_frac=0.1) == pytest.approx(0.55)  # halfway down the cosine
     assert lr_at(100, 100, 1.0, 10, min_lr_frac=0.1) == pytest.approx(0.1)
+
+
+def test_replay_stream_is_the_pretraining_text(base_run):
+    out, tok, _ = base_run
+    _, ckpt = load_checkpoint(os.path.join(out, "pretrain", "model.pt"))
+    stream = sft.replay_stream(tok, ckpt)
+    docs = pretrain.corpus_documents(pretrain.PretrainConfig(**ckpt["stage_config"]))
+    assert torch.equal(stream, pretrain.tokenize_documents(tok, docs))
+    assert sft.replay_stream(tok, {}) is None  # a checkpoint pretrain.py did not write: no replay
