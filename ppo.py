@@ -1,0 +1,493 @@
+"""
+ppo.py: RLHF with PPO. The SFT model learns to please the reward model, on a KL leash to itself.
+
+The second half of RLHF (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022): sample an
+answer to each prompt, score it with the learned reward model, and improve the policy with PPO
+(Schulman et al. 2017) on reward = score - kl_coef * log(pi / pi_sft), summed over the answer. The
+built-in world shows what the reward model cannot: the gold score of every rollout.
+
+  python ppo.py                                  # default CPU run: 230 s of CPU time on one core
+  python ppo.py --critic-init sft                # OAI's critic: SFT trunk, zero value head
+  python ppo.py --adaptive-kl true               # OAI's adaptive KL controller (target kl_target)
+  python ppo.py --kl-coef 0 --lr 2e-4 --ppo-epochs 2   # over-optimisation, on purpose (see the end)
+
+Reads <out_dir>/tokenizer/, sft/model.pt and reward/model.pt (reward.py normalises it to mean 0,
+std 1 on SFT samples). Writes <out_dir>/ppo/model.pt (the policy: model.load_checkpoint reads it),
+ppo/metrics.jsonl (one record per iteration, one per evaluation) and ppo/eval.json.
+
+Every detail of checklists.md "PPO for RLHF", numbered; [n] marks the line that implements it.
+OAI = OpenAI lm-human-preferences; N+ = "The N+ implementation details of RLHF with PPO" (arXiv
+2403.17031); CleanRL = its ppo.py and "The 37 implementation details of PPO".
+ 1. Policy and frozen reference both start from SFT (reward.load_sft_policy forces dropout off).
+ 2. The critic is a separate RewardModel read at every token, from the reward model (N+; default)
+    or from SFT with a zero head (OAI): --critic-init.
+ 3. Rollouts sampled at one fixed temperature with plain softmax: no top-k, no top-p (OAI).
+ 4. Logprobs recomputed by a forward pass with logits / the same temperature (OAI; N blog "Policy #1").
+ 5. Truncation at end-of-turn: generate stops a row at <|end|> and pads the rest; pads are masked.
+ 6. The EOS trick: an answer without <|end|> scores missing_eos_penalty, not the RM (OAI, N+, TRL).
+ 7. The score is added on the last real response token, never on a pad (TRL #3750 was this bug).
+ 8. Per-token KL penalty r_t = -kl_coef * (log pi - log pi_ref); fixed or adaptive kl_coef (OAI).
+ 9. GAE with gamma 1, lambda 0.95, over response tokens only (Schulman et al. 2015).
+10. Advantages whitened over the valid tokens of the batch; optional reward whitening that keeps
+    the mean (N+ --whiten-rewards).
+11. Clipped surrogate objective, clip 0.2.
+12. Clipped value loss (clip 0.2), vf_coef 0.1 (OAI).
+13. No entropy bonus (OAI, N+); the entropy is logged.
+14. ppo_epochs passes over shuffled minibatches of every rollout batch (CleanRL).
+15. Dropout off everywhere, so the ratio is exactly 1 on the first minibatch: ratio0_error (the
+    largest |log ratio| there) reads 0 on a CPU (tested); on a GPU, kernels picked per batch
+    size may leave rounding-level differences.
+16. Learning rate decays (cosine, common.lr_at; OAI anneals linearly to 0); gradients clipped.
+17. Logged every iteration: RM score, gold score, KL, non-score reward, approx_kl, clipfrac, value
+    clipfrac, ratio mean/max, entropy, response length, share ended, explained variance.
+18. Every eval_every iterations and at the end: sft.evaluate on held-out prompts (greedy; at the
+    end also at the rollout temperature, for SFT and PPO), with the KL to SFT and the RM score.
+Left out, on purpose: an entropy bonus (13: OAI and N+ use none); early stopping when approx_kl
+passes a target (CleanRL's target_kl; the clipping and the KL penalty already bound each update);
+Adam eps 1e-5 (N+, CleanRL): we keep the 1e-8 every other stage uses. Reward whitening (10) is
+there but off by default.
+
+Measured on a 1M-parameter run (SFT model, reward model from reward.py's defaults; test split, 100
+prompts; sampled = at the rollout temperature). The reward model ranks 74% of held-out pairs as the
+gold rule does, and that is the limit: the best KL-regularised tilt of 16 SFT samples towards it
+gains at most +0.015 gold on test prompts, so the default run (KL 0.22 nats per answer, RM score
+-0.09 -> +0.01) moves the gold score by noise only: greedy 0.691 -> 0.701, sampled 0.643 -> 0.615.
+The same PPO against the gold grader itself gains +0.02 greedy and +0.04 sampled.
+Over-optimisation, on purpose (Gao et al. 2022, arXiv 2210.10760): --kl-coef 0 --lr 2e-4
+--ppo-epochs 2 (30 iterations). The RM score rises while the gold score falls:
+  rollouts, iterations 1-5 -> 26-30    RM score 0.20 -> 0.50    gold 0.78 -> 0.43   KL 0.2 -> 4.4
+  test prompts, sampled, SFT -> PPO    RM score -0.09 -> 0.35   gold 0.64 -> 0.34   KL 5.1 nats
+  test prompts, greedy gold            0.69 (SFT), 0.63 (iteration 10), 0.44 (20), 0.37 (30)
+"""
+
+import copy
+import functools
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+import sft
+import tasks
+from common import Progress, cli, format_seconds, lr_at, make_optimizer, seed_everything
+from data import Tokenizer, decode_content, render_prompt
+from model import autocast, generate, get_device, load_state, logprobs_from_logits, save_checkpoint
+from reward import RewardModel, last_token_index, load_reward_model, load_sft_policy
+
+
+@dataclass
+class PPOConfig:
+    out_dir: str = "runs/default"
+    """run folder: reads tokenizer/, sft/ and reward/, writes ppo/"""
+    sft_path: str = ""
+    """policy and reference start here (default: <out_dir>/sft/model.pt)"""
+    reward_path: str = ""
+    """the reward model to optimise (default: <out_dir>/reward/model.pt)"""
+    critic_init: str = "reward"
+    """critic from the 'reward' model (N+) or from 'sft' with a zero value head (OAI)"""
+    world_seed: int = 0
+    """seed of the built-in world (rollout prompts: train split; evaluation: held-out splits)"""
+    iterations: int = 30
+    """PPO iterations: one rollout batch, then ppo_epochs passes over it"""
+    rollout_batch: int = 64
+    """prompts per iteration, one sampled answer each"""
+    minibatch: int = 16
+    """answers per gradient step"""
+    ppo_epochs: int = 4
+    """passes over each rollout batch"""
+    max_new_tokens: int = 48
+    """longest answer; one without <|end|> by then gets missing_eos_penalty"""
+    temperature: float = 0.7
+    """rollout temperature; every logprob divides the logits by it (0.7: closer to greedy than 1.0, and
+    the SFT model's samples are better: test gold 0.585 against 0.50)"""
+    missing_eos_penalty: float = -1.0
+    """score of an answer that never produced <|end|> (the RM scores have mean 0, std 1)"""
+    kl_coef: float = 0.1
+    """beta of the per-token KL penalty (the start value with --adaptive-kl)"""
+    adaptive_kl: bool = False
+    """adapt kl_coef so the KL per answer tracks kl_target (OAI)"""
+    kl_target: float = 2.0
+    """target KL to the reference, nats per answer (with --adaptive-kl)"""
+    kl_horizon: int = 2000
+    """answers over which kl_coef can change by 20% at most (with --adaptive-kl)"""
+    gamma: float = 1.0
+    """discount"""
+    lam: float = 0.95
+    """GAE lambda"""
+    whiten_rewards: bool = False
+    """scale the per-token rewards to std 1 over the batch, keeping their mean (N+)"""
+    cliprange: float = 0.2
+    """policy ratio clip epsilon"""
+    cliprange_value: float = 0.2
+    """value clip: the new value stays within this of the rollout's"""
+    vf_coef: float = 0.1
+    """weight of the value loss"""
+    lr: float = 3e-5
+    """peak learning rate of policy and critic"""
+    min_lr_frac: float = 0.1
+    """the cosine decay ends at lr * min_lr_frac"""
+    grad_clip: float = 1.0
+    """clip each model's gradient norm to this"""
+    eval_every: int = 10
+    """iterations between evaluations on held-out prompts (0: only at the end)"""
+    eval_n: int = 100
+    """prompts per evaluation split"""
+    ckpt_every: int = 10
+    """iterations between checkpoints (Ctrl-C also saves one)"""
+    seed: int = 1337
+    """seed of prompts, sampling and shuffling"""
+    device: str = ""
+    """cuda, mps or cpu (default: the best available)"""
+    resume: bool = False
+    """continue from <out_dir>/ppo/model.pt"""
+    quiet: bool = False
+    """no progress lines"""
+
+
+# -----------------------------------------------------------------------------
+# The math: pure tensor functions. B answers, T response tokens (right-padded), mask 1 on real ones.
+
+
+def masked_mean(values, mask):
+    """Mean of values (B, T) over the positions where mask (B, T) is 1."""
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_var(values, mask):
+    """Variance of values (B, T) over the positions where mask (B, T) is 1."""
+    return masked_mean((values - masked_mean(values, mask)) ** 2, mask)
+
+
+def masked_whiten(values, mask, shift_mean=True):
+    """(values - mean) / std over the valid tokens, pads set to 0. (B, T) -> (B, T). [10]
+
+    shift_mean=False adds the mean back: a new scale, the same mean (N+ reward whitening).
+    """
+    mean = masked_mean(values, mask)
+    whitened = (values - mean) * torch.rsqrt(masked_var(values, mask) + 1e-8)
+    return (whitened if shift_mean else whitened + mean) * mask
+
+
+def kl_penalty_rewards(logprobs, ref_logprobs, scores, response_mask, kl_coef):
+    r"""Per-token rewards $r_t = -\beta(\log\pi(y_t) - \log\pi_{ref}(y_t))$, plus the score at the end. [7, 8]
+
+    logprobs, ref_logprobs, response_mask: (B, T); scores: (B,). The log-ratio of the sampled token
+    estimates KL(pi || pi_ref) (Ziegler et al. 2019, eq. 2; OAI). Returns (rewards, non_score_rewards),
+    each (B, T) and 0 on pads.
+    """
+    non_score_rewards = -kl_coef * (logprobs - ref_logprobs) * response_mask
+    rewards = non_score_rewards.clone()
+    rows = torch.arange(scores.size(0), device=scores.device)
+    rewards[rows, last_token_index(response_mask)] += scores  # the last REAL token, not a pad [7]
+    return rewards, non_score_rewards
+
+
+def gae(rewards, values, response_mask, gamma=1.0, lam=0.95):
+    r"""Generalised advantage estimation (Schulman et al. 2015, eqs. 11-16) over response tokens. [9]
+
+    $\delta_t = r_t + \gamma V_{t+1} - V_t$, $A_t = \delta_t + \gamma\lambda A_{t+1}$, and the value after
+    the last real token is 0: the episode ends there. rewards, values, response_mask: (B, T).
+    Returns (advantages, returns = advantages + values, the value targets), (B, T), 0 on pads.
+    """
+    rewards, values = rewards * response_mask, values * response_mask  # pads: no reward, no value
+    advantages = torch.zeros_like(rewards)
+    next_advantage, next_value = torch.zeros_like(rewards[:, 0]), torch.zeros_like(values[:, 0])  # (B,)
+    for t in reversed(range(rewards.size(1))):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = delta + gamma * lam * next_advantage
+        advantages[:, t], next_value = next_advantage, values[:, t]
+    advantages = advantages * response_mask
+    return advantages, advantages + values
+
+
+def policy_loss(logprobs, old_logprobs, advantages, response_mask, cliprange=0.2):
+    r"""PPO's clipped surrogate as a loss (Schulman et al. 2017, eq. 7), averaged over valid tokens. [11]
+
+    $L = \max(-\rho_t A_t, -\mathrm{clip}(\rho_t, 1-\epsilon, 1+\epsilon) A_t)$, $\rho_t = \pi(y_t) / \pi_{old}(y_t)$.
+    All inputs (B, T). Returns (loss, stats): clipfrac (share of tokens where the clipped term won),
+    approx_kl (the k3 estimator (rho - 1) - log rho of KL(old || new); Schulman's blog "Approximating
+    KL divergence", as CleanRL), ratio_mean, ratio_max.
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = log_ratio.exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - cliprange, 1 + cliprange)
+    loss = masked_mean(torch.max(unclipped, clipped), response_mask)
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean((clipped > unclipped).float(), response_mask),
+                 "approx_kl": masked_mean((ratio - 1) - log_ratio, response_mask),
+                 "ratio_mean": masked_mean(ratio, response_mask),
+                 "ratio_max": ratio[response_mask.bool()].max()}
+    return loss, stats
+
+
+def value_loss(values, old_values, returns, response_mask, cliprange_value=0.2):
+    r"""Clipped value loss (OAI; CleanRL detail 9), averaged over valid tokens. [12]
+
+    $L = \frac12 \max((V - R)^2, (V_{old} + \mathrm{clip}(V - V_{old}, -\epsilon, \epsilon) - R)^2)$.
+    All inputs (B, T). Returns (loss, clipfrac: share of tokens where the clipped term won).
+    """
+    clipped_values = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    unclipped_loss, clipped_loss = (values - returns) ** 2, (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(unclipped_loss, clipped_loss), response_mask)
+    return loss, masked_mean((clipped_loss > unclipped_loss).float(), response_mask).detach()
+
+
+class AdaptiveKLController:
+    """A kl_coef that steers the KL towards a target (Ziegler et al. 2019, section 2.2; OAI). [8]
+
+    After each batch of n answers: e = clip(KL / target - 1, -0.2, 0.2), kl_coef *= 1 + e * n / horizon.
+    """
+
+    def __init__(self, kl_coef, target, horizon):
+        self.value, self.target, self.horizon = kl_coef, target, horizon
+
+    def update(self, kl, n_answers):
+        error = min(max(kl / self.target - 1, -0.2), 0.2)
+        self.value *= 1 + error * n_answers / self.horizon
+
+
+# -----------------------------------------------------------------------------
+# Models and rollouts
+
+
+def make_critic(init, rm, sft_model):
+    """The value model: a RewardModel (trunk + scalar head) whose head reads every position. [2]
+
+    "reward" (default, N+): a copy of the reward model. Its trunk already computes the score, so
+    the head calibrates fast: in our default run the explained variance went from -1.2 at the first
+    iteration (the head was trained only at the <|end|>, its values elsewhere are off) to 0.5-0.7
+    from the fourth on. "sft" (OAI): the SFT trunk with a zero head, every value 0 at the start.
+    """
+    if init == "reward":
+        if not isinstance(rm, RewardModel):
+            raise ValueError("critic_init 'reward' needs a RewardModel; use critic_init 'sft'")
+        critic = copy.deepcopy(rm)
+    elif init == "sft":
+        critic = RewardModel(copy.deepcopy(sft_model))
+        torch.nn.init.zeros_(critic.head.weight)  # the bias is already 0
+    else:
+        raise ValueError(f"critic_init must be 'reward' or 'sft', got {init!r}")
+    return critic.to(next(sft_model.parameters()).device).requires_grad_(True)
+
+
+def critic_values(critic, ids, attention_mask):
+    """V at every position (B, T), on the RM's normalised scale: the value of the prefix ids[:, :t+1]."""
+    hidden = critic.gpt.hidden_states(ids, attention_mask)  # (B, T, C)
+    return (critic.head(hidden).squeeze(-1).float() - critic.score_mean) / critic.score_std
+
+
+def response_logprobs(policy, ids, attention_mask, prompt_width, temperature):
+    """Logprobs and entropies (B, N) of the policy at the N response tokens, at the temperature. [4]
+
+    ids, attention_mask: (B, P + N), prompts left-padded to width P; column P - 1 + t predicts
+    response token t. The same function computes the rollout's and the training's logprobs.
+    """
+    logits, _ = policy(ids, attention_mask=attention_mask)
+    logits = logits[:, prompt_width - 1:-1]  # (B, N, V)
+    logprobs = logprobs_from_logits(logits, ids[:, prompt_width:], temperature)  # logits / T [4]
+    with torch.no_grad():
+        logp = F.log_softmax(logits.float() / temperature, dim=-1)
+        entropy = -(logp.exp() * logp).sum(-1)  # logged, not optimised [13]
+    return logprobs, entropy
+
+
+@torch.no_grad()
+def rollout(policy, ref_policy, critic, rm, tok, examples, cfg, generator=None):
+    """Sample one answer per example and compute what PPO needs. [3-7]
+
+    Returns a dict: ids, attention_mask (B, P + N); response_mask, logprobs, ref_logprobs, values
+    (B, N) (values None without a critic); scores (B,) (the RM's, or the penalty), rm_scores, gold,
+    ended (B,); prompt_width P.
+    """
+    room = policy.config.block_size - cfg.max_new_tokens  # a long prompt loses its start, as in sft.respond
+    prompts = [render_prompt(tok, ex.messages)[-room:] for ex in examples]
+    with autocast(cfg.device):
+        gen = generate(policy, prompts, cfg.max_new_tokens, cfg.temperature, stop_id=tok.end_id,
+                       pad_id=tok.pad_id, generator=generator)  # plain softmax [3]; stop at <|end|> [5]
+        P, ids, mask = gen.prompt_width, gen.tokens, gen.attention_mask
+        # recomputed, not generate's cached logprobs: the training pass must see the same numbers [4, 15]
+        logprobs, _ = response_logprobs(policy, ids, mask, P, cfg.temperature)
+        ref_logprobs, _ = response_logprobs(ref_policy, ids, mask, P, cfg.temperature)
+        values = critic_values(critic, ids, mask)[:, P - 1:-1] if critic is not None else None
+        rm_scores = rm(ids, mask).float()  # the RM reads the last real token: the <|end|> [7]
+    ended = torch.tensor(gen.ended, device=ids.device)
+    scores = torch.where(ended, rm_scores, torch.full_like(rm_scores, cfg.missing_eos_penalty))  # [6]
+    texts = [decode_content(tok, r[:-1] if e else r) for r, e in zip(gen.responses, gen.ended)]
+    gold = torch.tensor([tasks.grade(ex, text, e) for ex, text, e in zip(examples, texts, gen.ended)])
+    return {"ids": ids, "attention_mask": mask, "prompt_width": P, "response_mask": mask[:, P:].float(),
+            "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values, "scores": scores,
+            "rm_scores": rm_scores, "ended": ended, "gold": gold}
+
+
+def evaluate(policy, ref_policy, rm, tok, sets, cfg, sampled=False):
+    """Gold score, accuracy, length and share ended per held-out split with sft.evaluate, greedy (and
+    with `sampled` at the rollout temperature); on the test prompts at the rollout temperature, the KL
+    to the reference (nats per answer), the score PPO sees and the gold score. A flat dict. [18]"""
+    results = {}
+    for decoding, temperature in (("greedy", 0.0), ("sampled", cfg.temperature))[:1 + sampled]:
+        split_results = sft.evaluate(policy, tok, sets, temperature, cfg.max_new_tokens, seed=cfg.seed)
+        results.update({f"{decoding}/{k}": v for k, v in split_results.items() if k.count("/") == 1})
+    batch = rollout(policy, ref_policy, None, rm, tok, sets["test"], cfg,
+                    torch.Generator(device=cfg.device).manual_seed(cfg.seed))
+    kl = ((batch["logprobs"] - batch["ref_logprobs"]) * batch["response_mask"]).sum(1)  # (B,)
+    results.update({"test/kl_to_sft": kl.mean().item(), "test/score": batch["scores"].mean().item(),
+                    "test/rollout_gold": batch["gold"].mean().item()})
+    return results
+
+
+# -----------------------------------------------------------------------------
+# Training
+
+
+def train(cfg, reward_model=None):
+    """PPO from the SFT model against the reward model. Returns (policy, tokenizer, history).
+
+    reward_model: any module mapping (ids, attention_mask) to scores (B,), read instead of
+    <out_dir>/reward/model.pt (the tests pass a rule-based reward; so can a notebook).
+    """
+    t0 = time.time()
+    seed_everything(cfg.seed)
+    cfg.device = device = str(get_device(cfg.device or None))
+    say = (lambda *a: None) if cfg.quiet else functools.partial(print, flush=True)
+    tok = Tokenizer.load(os.path.join(cfg.out_dir, "tokenizer"))
+    sft_path = cfg.sft_path or os.path.join(cfg.out_dir, "sft", "model.pt")
+    policy = load_sft_policy(sft_path, device)  # [1]
+    ref_policy = load_sft_policy(sft_path, device).requires_grad_(False)  # frozen [1]
+    rm = reward_model or load_reward_model(cfg.reward_path or os.path.join(cfg.out_dir, "reward", "model.pt"), device)
+    if isinstance(rm, RewardModel) and rm.score_std.item() == 1.0 and rm.score_mean.item() == 0.0:
+        say("warning: the reward model is not normalised; kl_coef and missing_eos_penalty assume mean 0, std 1")
+    critic = make_critic(cfg.critic_init, rm, ref_policy)  # copied before rm is frozen [2]
+    rm.requires_grad_(False).eval()
+    policy_opt = make_optimizer(policy, cfg.lr, weight_decay=0.0, device=device)
+    critic_opt = make_optimizer(critic, cfg.lr, weight_decay=0.0, device=device)
+    kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+    world = tasks.make_world(cfg.world_seed)
+    sets = sft.eval_sets(world, cfg.eval_n)
+
+    ckpt_path = os.path.join(cfg.out_dir, "ppo", "model.pt")
+    start = 0
+    if cfg.resume and os.path.exists(ckpt_path):
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        load_state(policy, ckpt["model"], ckpt_path)
+        load_state(critic, ckpt["critic"], ckpt_path)
+        policy_opt.load_state_dict(ckpt["optimizer"])
+        critic_opt.load_state_dict(ckpt["critic_optimizer"])
+        start, kl_ctl.value = ckpt["step"], ckpt["kl_coef"]
+        say(f"resuming {ckpt_path} from iteration {start}")
+    metrics_path = os.path.join(cfg.out_dir, "ppo", "metrics.jsonl")
+    if start == 0 and os.path.exists(metrics_path):
+        os.remove(metrics_path)
+    progress = Progress(cfg.iterations, metrics_path, "ppo | ", verbose=not cfg.quiet)
+
+    def save(iteration, finished=False, results=None):
+        save_checkpoint(ckpt_path, policy, {  # the policy, plus what --resume needs
+            "step": iteration, "finished": finished, "kl_coef": kl_ctl.value, "stage_config": asdict(cfg),
+            "optimizer": policy_opt.state_dict(), "critic": critic.state_dict(),
+            "critic_optimizer": critic_opt.state_dict(), **({"results": results} if results else {})})
+
+    it, t_loop = start, time.time()
+    try:
+        for it in range(start, cfg.iterations):
+            if cfg.eval_every and it % cfg.eval_every == 0:
+                results = evaluate(policy, ref_policy, rm, tok, sets, cfg)  # greedy [18]
+                progress.log(it, {f"eval/{k}": v for k, v in results.items()}, print_line=False)
+                say(f"ppo | eval at {it} | " + " | ".join(f"{k} {results[k]:.3f}" for k in (
+                    "greedy/test/gold", "greedy/heldout_phrasing/gold", "test/rollout_gold", "test/kl_to_sft")))
+            lr = lr_at(it, cfg.iterations, cfg.lr, 0, cfg.min_lr_frac)  # [16]
+            for group in policy_opt.param_groups + critic_opt.param_groups:
+                group["lr"] = lr
+
+            # 1. rollouts: a fresh batch of train-split prompts, one sampled answer each
+            examples = tasks.make_examples(world, "train", cfg.rollout_batch, seed=cfg.seed * 1000 + it)
+            batch = rollout(policy, ref_policy, critic, rm, tok, examples, cfg,
+                            torch.Generator(device=device).manual_seed(cfg.seed + it))
+            ids, mask, P = batch["ids"], batch["attention_mask"], batch["prompt_width"]  # (B, P + N), (B, P + N), P
+            response_mask = batch["response_mask"]  # (B, N)
+
+            # 2. rewards and advantages, once per batch
+            rewards, non_score_rewards = kl_penalty_rewards(batch["logprobs"], batch["ref_logprobs"],
+                                                            batch["scores"], response_mask, kl_ctl.value)  # [8]
+            if cfg.whiten_rewards:
+                rewards = masked_whiten(rewards, response_mask, shift_mean=False)  # [10]
+            advantages, returns = gae(rewards, batch["values"], response_mask, cfg.gamma, cfg.lam)  # [9]
+            advantages = masked_whiten(advantages, response_mask)  # [10]
+
+            # 3. ppo_epochs passes over shuffled minibatches [14]
+            stats, shuffle = defaultdict(list), torch.Generator().manual_seed(cfg.seed + it)
+            for epoch in range(cfg.ppo_epochs):
+                order = torch.randperm(cfg.rollout_batch, generator=shuffle).to(device)
+                for first in range(0, cfg.rollout_batch, cfg.minibatch):
+                    mb = order[first:first + cfg.minibatch]
+                    with autocast(device):
+                        logprobs, entropy = response_logprobs(policy, ids[mb], mask[mb], P, cfg.temperature)
+                        values = critic_values(critic, ids[mb], mask[mb])[:, P - 1:-1]
+                    pg_loss, pg_stats = policy_loss(logprobs, batch["logprobs"][mb], advantages[mb],
+                                                    response_mask[mb], cfg.cliprange)  # [11]
+                    vf_loss, vf_clipfrac = value_loss(values, batch["values"][mb], returns[mb],
+                                                      response_mask[mb], cfg.cliprange_value)  # [12]
+                    (pg_loss + cfg.vf_coef * vf_loss).backward()  # no entropy bonus [13]
+                    for model, opt in ((policy, policy_opt), (critic, critic_opt)):
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)  # [16]
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
+                    if epoch == 0 and first == 0:  # same weights, no dropout: log pi / pi_old must be 0 [15]
+                        log_ratio = (logprobs.detach() - batch["logprobs"][mb]) * response_mask[mb]
+                        stats["ratio0_error"].append(log_ratio.abs().max())
+                    for k, v in {"pg_loss": pg_loss, "vf_loss": vf_loss, "vf_clipfrac": vf_clipfrac,
+                                 "entropy": masked_mean(entropy, response_mask[mb]), **pg_stats}.items():
+                        stats[k].append(v.detach())
+
+            # 4. bookkeeping: the KL controller, one record per iteration [17]
+            kl = ((batch["logprobs"] - batch["ref_logprobs"]) * response_mask).sum(1).mean().item()  # nats/answer
+            ended = batch["ended"]
+            metrics = {"score": batch["scores"].mean(), "gold": batch["gold"].mean(),  # the truth, for us only
+                       "rm_score": batch["rm_scores"][ended].mean() if ended.any() else math.nan,  # ended ones
+                       "kl": kl, "non_score_reward": non_score_rewards.sum(1).mean(), "kl_coef": kl_ctl.value,
+                       "length": response_mask.sum(1).mean(), "ended": ended.float().mean(), "lr": lr,
+                       "explained_var": 1 - masked_var(returns - batch["values"], response_mask)  # CleanRL
+                       / masked_var(returns, response_mask)}
+            metrics.update({k: torch.stack(v).mean() for k, v in stats.items()})
+            metrics["ratio_max"] = torch.stack(stats["ratio_max"]).max()
+            if cfg.adaptive_kl:
+                kl_ctl.update(kl, cfg.rollout_batch)  # [8]
+            progress.log(it + 1, metrics, print_line=False)
+            seconds = (time.time() - t_loop) / (it + 1 - start)
+            say(f"ppo | iter {it + 1}/{cfg.iterations} | " + " | ".join(f"{k} {float(metrics[k]):.3g}" for k in (
+                "score", "gold", "kl", "ended", "length", "clipfrac", "approx_kl", "entropy"))
+                + f" | {seconds:.1f}s/it | eta {format_seconds(seconds * (cfg.iterations - it - 1))}")
+            if cfg.ckpt_every and (it + 1) % cfg.ckpt_every == 0:
+                save(it + 1)
+    except KeyboardInterrupt:
+        save(it)  # the state after the last completed iteration; --resume continues from it
+        print(f"\ninterrupted: checkpoint saved to {ckpt_path} at iteration {it}; --resume continues")
+        raise
+
+    # 5. final evaluation: SFT and PPO, greedy and at the rollout temperature [18]
+    results = {}
+    for name, model in (("sft", ref_policy), ("ppo", policy)):
+        model_results = evaluate(model, ref_policy, rm, tok, sets, cfg, sampled=True)
+        results.update({f"{name}/{k}": v for k, v in model_results.items()})
+    results["time_s"] = time.time() - t0
+    progress.log(cfg.iterations, results, print_line=False)
+    save(cfg.iterations, finished=True, results=results)
+    with open(os.path.join(cfg.out_dir, "ppo", "eval.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    for split in ("test", "heldout_phrasing"):
+        for decoding in ("greedy", "sampled"):
+            sft_, ppo_ = (f"{name}/{decoding}/{split}" for name in ("sft", "ppo"))
+            say(f"  {split:16} {decoding:7} gold sft {results[sft_ + '/gold']:.3f} -> ppo "
+                f"{results[ppo_ + '/gold']:.3f} | accuracy sft {results[sft_ + '/accuracy']:.3f} -> ppo "
+                f"{results[ppo_ + '/accuracy']:.3f}")
+    say(f"  test, sampled: KL to SFT {results['ppo/test/kl_to_sft']:.2f} nats/answer | score sft "
+        f"{results['sft/test/score']:.3f} -> ppo {results['ppo/test/score']:.3f} | {results['time_s']:.0f}s in all")
+    return policy, tok, progress.history
+
+
+if __name__ == "__main__":
+    train(cli(PPOConfig))
