@@ -1,0 +1,342 @@
+"""
+pipeline.py: the whole journey on the built-in world in one command, and a report card.
+
+Tokenizer -> base model (pretrain.py) -> SFT model (sft.py) -> preferences + reward model (reward.py)
+-> PPO policy (ppo.py) and DPO policy (dpo.py) -> one evaluation of every model -> report card.
+
+  python pipeline.py                   # CPU default into runs/default/ (see the README for the time)
+  python pipeline.py --quick           # a smoke run of every stage, under 2 minutes on 2 cores
+  python pipeline.py --preset gpu      # larger models and data, for one GPU
+  python pipeline.py --name exp1       # another run folder: runs/exp1/
+  python pipeline.py --fresh           # delete the run folder and start over
+
+Each stage writes <run>/<stage>/done.json when it finishes and is skipped when that file exists, so
+running the command again after an interruption redoes only what was not finished: the interrupted
+stage restarts from its last checkpoint (--resume) where the stage supports it.
+Writes <run>/report.md (printed at the end), <run>/report.json and PNG plots in <run>/plots/.
+"""
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+import dpo
+import ppo
+import pretrain
+import reward
+import sft
+import tasks
+from common import cli, format_seconds, seed_everything
+from data import Tokenizer
+from model import get_device, load_checkpoint
+
+# Overrides of each stage's config dataclass; "cpu" is the stages' own defaults.
+PRESETS = {
+    "cpu": {"report": {}},
+    "quick": {
+        "pretrain": dict(corpus_size=0.05, vocab_size=400, n_layer=2, n_head=2, n_embd=48, block_size=96,
+                         batch_size=16, max_steps=60, warmup_steps=5, eval_every=0, ckpt_every=0, log_every=20),
+        "sft": dict(n_examples=400, batch_size=16, max_steps=60, warmup_steps=5, eval_every=0, eval_n=0,
+                    ckpt_every=0, log_every=20, ptx_batch_size=2),
+        "reward": dict(model_free=True, n_prompts=48, n_heldout_prompts=16, max_new_tokens=16, n_norm=16,
+                       bon_n=4, bon_ns="1,2,4", log_every=5),
+        "ppo": dict(iterations=2, rollout_batch=8, minibatch=4, ppo_epochs=1, max_new_tokens=16, eval_every=0,
+                    eval_n=2, ckpt_every=0),
+        "dpo": dict(max_steps=5, batch_size=8, eval_n=0, max_new_tokens=16, log_every=5),
+        "report": dict(eval_n=6, bon_n=4, max_new_tokens=16, n_transcript=2),
+    },
+    "gpu": {  # sized for one modern GPU (bf16 autocast is automatic on CUDA)
+        "pretrain": dict(corpus_size=8.0, vocab_size=4096, n_layer=8, n_head=8, n_embd=512, block_size=256,
+                         batch_size=64, max_steps=4000, lr=1e-3, warmup_steps=200, eval_every=500, ckpt_every=500),
+        "sft": dict(n_examples=40000, batch_size=128, max_steps=2000, lr=3e-4, ptx_batch_size=16, eval_every=500),
+        "reward": dict(n_prompts=8000, n_heldout_prompts=1000, lr=3e-4),
+        "ppo": dict(iterations=100, rollout_batch=256, minibatch=64, lr=1e-5),
+        "dpo": dict(lr=1e-5, batch_size=64),
+        "report": dict(eval_n=500),
+    },
+}
+STAGES = ("pretrain", "sft", "reward", "ppo", "dpo")
+MODELS = ("base", "sft", "bon16", "ppo", "dpo")
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "default"
+    """run name: everything goes to <runs_dir>/<name>/"""
+    runs_dir: str = "runs"
+    """folder of all runs"""
+    preset: str = "cpu"
+    """cpu (default), quick (smoke run of every stage) or gpu"""
+    quick: bool = False
+    """the same as --preset quick"""
+    fresh: bool = False
+    """delete the run folder first and redo every stage"""
+    eval_n: int = 100
+    """prompts per split (test, heldout_phrasing, heldout_people) in the report card"""
+    sample_temperature: float = 0.7
+    """temperature of the "sampled" columns and of best-of-N (PPO's rollout temperature)"""
+    bon_n: int = 16
+    """N of the best-of-N row"""
+    max_new_tokens: int = 48
+    """longest answer in the report"""
+    n_transcript: int = 6
+    """prompts answered by every model in the report"""
+    device: str = ""
+    """cuda, mps or cpu (default: the best available)"""
+    seed: int = 1337
+    """seed of the evaluation sampling"""
+
+
+def stage_configs(cfg, run_dir):
+    """The config of every stage: its dataclass defaults, the preset's overrides, the run folder."""
+    preset = PRESETS[cfg.preset]
+    classes = {"pretrain": pretrain.PretrainConfig, "sft": sft.SFTConfig, "reward": reward.RewardConfig,
+               "ppo": ppo.PPOConfig, "dpo": dpo.DPOConfig}
+    configs = {name: cls(**{"out_dir": run_dir, "device": cfg.device, **preset.get(name, {})})
+               for name, cls in classes.items()}
+    # the stages' own end-of-run evaluations are skipped or kept small: the report evaluates every model
+    configs["ppo"].eval_every = 0
+    configs["ppo"].eval_n = min(configs["ppo"].eval_n, 20)
+    configs["dpo"].eval_n, configs["dpo"].compare_sft = 0, False
+    return configs
+
+
+# -----------------------------------------------------------------------------
+# The report: every model on the same prompts
+
+
+def evaluate_model(name, model, tok, sets, rm, ref, cfg, gen):
+    """The report-card row of one model. bon16 samples bon_n answers and keeps the RM's favourite."""
+    row = {"accuracy": {}}
+    if name == "bon16":
+        examples = [ex for split in sets.values() for ex in split]
+        answers = reward.bon_respond(model, rm, tok, [ex.messages for ex in examples], cfg.bon_n,
+                                     cfg.sample_temperature, cfg.max_new_tokens, gen)
+        texts, ended, n_tokens = zip(*answers)
+        i = 0
+        for split, split_examples in sets.items():
+            picks = range(i, i + len(split_examples))
+            row["accuracy"][split] = sum(tasks.is_correct(examples[j], texts[j], ended[j]) for j in picks) / len(picks)
+            i += len(split_examples)
+        gold = [tasks.grade(ex, t, e) for ex, t, e in zip(examples, texts, ended)]
+        row.update(gold_greedy=None, gold_sampled=sum(gold) / len(gold),
+                   # KL(best-of-N || policy) <= log N - (N - 1) / N (Stiennon et al. 2020, appendix)
+                   kl_to_sft=float(torch.log(torch.tensor(float(cfg.bon_n)))) - (cfg.bon_n - 1) / cfg.bon_n,
+                   mean_length=sum(n_tokens) / len(n_tokens), ended=sum(ended) / len(ended))
+        row["rm_score"] = reward.score(rm, tok, [ex.messages for ex in examples], texts).mean().item()
+        return row
+    greedy = sft.evaluate(model, tok, sets, 0.0, cfg.max_new_tokens, seed=cfg.seed)
+    sampled = sft.evaluate(model, tok, sets, cfg.sample_temperature, cfg.max_new_tokens, seed=cfg.seed)
+    row["accuracy"] = {split: greedy[f"{split}/accuracy"] for split in sets}
+    mean = lambda results, key: sum(results[f"{s}/{key}"] for s in sets) / len(sets)  # noqa: E731
+    row.update(gold_greedy=mean(greedy, "gold"), gold_sampled=mean(sampled, "gold"),
+               mean_length=mean(greedy, "length"), ended=mean(greedy, "ended"))
+    prompts = [ex.messages for split in sets.values() for ex in split]
+    row["kl_to_sft"] = dpo.kl_to_reference(model, ref, tok, prompts, cfg.max_new_tokens, generator=gen)
+    answers = sft.respond(model, tok, prompts, 0.0, cfg.max_new_tokens)
+    row["rm_score"] = reward.score(rm, tok, prompts, [text for text, _, _ in answers]).mean().item()
+    return row
+
+
+def transcripts(models, tok, examples, max_new_tokens):
+    """The same prompts answered (greedy) by every model: [(example, {model: (text, ended)})]."""
+    answers = {name: sft.respond(model, tok, [ex.messages for ex in examples], 0.0, max_new_tokens)
+               for name, model in models.items()}
+    return [(ex, {name: answers[name][i][:2] for name in models}) for i, ex in enumerate(examples)]
+
+
+def report_markdown(report, shown):
+    """The report card as Markdown: the table, the transcripts, the plots."""
+    def cell(value, percent=False):
+        if value is None:
+            return "—"
+        return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
+
+    lines = [f"# Report card: {report['config']['name']} ({report['config']['preset']} preset)", "",
+             "| model | test | heldout_phrasing | heldout_people | gold (greedy) | gold (sampled) | KL to SFT | "
+             "length | ended | RM score | stage time |", "|" + "---|" * 11]
+    stage_of = {"base": "pretrain", "sft": "sft", "bon16": "reward", "ppo": "ppo", "dpo": "dpo"}
+    for name, row in report["models"].items():
+        acc = row["accuracy"]
+        seconds = report["stage_seconds"].get(stage_of[name])
+        lines.append(f"| {name} | {cell(acc['test'], True)} | {cell(acc['heldout_phrasing'], True)} | "
+                     f"{cell(acc['heldout_people'], True)} | {cell(row['gold_greedy'])} | {cell(row['gold_sampled'])} | "
+                     f"{cell(row['kl_to_sft'])} | {row['mean_length']:.1f} | {cell(row['ended'], True)} | "
+                     f"{cell(row['rm_score'])} | {format_seconds(seconds) if seconds is not None else '—'} |")
+    total = sum(report["stage_seconds"].values())
+    lines += ["", "Accuracy: greedy, correct answers (concise or wordy) per split. Gold: the grader's score "
+              "(1 concise, 0.5-0.75 wordy, 0 wrong, -1 no end of turn), mean over the three splits; sampled at "
+              f"temperature {report['config']['sample_temperature']}. KL: nats per answer on the policy's own "
+              "samples (bon16: the bound log N - (N-1)/N). RM score: normalised, on the greedy answers (bon16: on its picks).",
+              "", "Stage times: " + ", ".join(f"{k} {format_seconds(v)}" for k, v in report["stage_seconds"].items())
+              + f"; {format_seconds(total)} in all.", "", "## The same prompts, every model", ""]
+    for item in shown:
+        lines.append(f"**[{item['split']}/{item['family']}]** {item['prompt']}  (answer: `{item['answer']}`)")
+        lines.append("")
+        for name, (text, ended, gold) in item["answers"].items():
+            lines.append(f"- {name}: `{text!r}`{'' if ended else ' (no end of turn)'} — gold {gold:+.2f}")
+        lines.append("")
+    if report.get("plots"):
+        lines += ["## Plots", ""] + [f"![{p}](plots/{p})" for p in report["plots"]]
+    return "\n".join(lines) + "\n"
+
+
+def read_metrics(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def make_plots(run_dir):
+    """PNG plots from every stage's metrics.jsonl. Returns the file names (none without matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("report: matplotlib is not installed; no plots (pip install -e '.[notebooks]')")
+        return []
+    os.makedirs(os.path.join(run_dir, "plots"), exist_ok=True)
+    m = {stage: read_metrics(os.path.join(run_dir, stage, "metrics.jsonl")) for stage in STAGES}
+
+    def series(records, key):
+        points = [(r["step"], r[key]) for r in records if key in r]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    panels = [("losses.png", [("pretrain", "loss", "pretrain loss"), ("pretrain", "val_loss", "pretrain val loss"),
+                              ("sft", "loss", "SFT loss")], "step"),
+              ("reward.png", [("reward", "accuracy", "RM train accuracy (labels)")], "step"),
+              ("ppo.png", [("ppo", "score", "RM score"), ("ppo", "gold", "gold score"), ("ppo", "kl", "KL to SFT")],
+               "iteration"),
+              ("dpo.png", [("dpo", "margin", "margin"), ("dpo", "accuracy", "preference accuracy")], "step")]
+    written = []
+    for filename, curves, xlabel in panels:
+        fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3))
+        axes = axes if len(curves) > 1 else [axes]
+        for ax, (stage, key, title) in zip(axes, curves):
+            ax.plot(*series(m[stage], key))
+            ax.set_title(title)
+            ax.set_xlabel(xlabel)
+        fig.tight_layout()
+        fig.savefig(os.path.join(run_dir, "plots", filename), dpi=80)
+        plt.close(fig)
+        written.append(filename)
+    bon = json.load(open(os.path.join(run_dir, "reward", "eval.json")))
+    ns = sorted(int(k.split("/")[1]) for k in bon if k.startswith("bon/") and k.endswith("/gold"))
+    if ns:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.plot(ns, [bon[f"bon/{n}/gold"] for n in ns], "o-", label="gold score")
+        ax.plot(ns, [bon[f"bon/{n}/rm"] for n in ns], "s-", label="RM score")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("N")
+        ax.set_title("best-of-N on test prompts")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(run_dir, "plots", "best_of_n.png"), dpi=80)
+        plt.close(fig)
+        written.append("best_of_n.png")
+    return written
+
+
+def report(cfg, run_dir, stage_seconds):
+    """Evaluate base, SFT, best-of-N, PPO and DPO on the same prompts. Returns the report dict."""
+    seed_everything(cfg.seed)
+    device = str(get_device(cfg.device or None))
+    tok = Tokenizer.load(os.path.join(run_dir, "tokenizer"))
+    models = {"base": load_checkpoint(os.path.join(run_dir, "pretrain", "model.pt"), device)[0]}
+    for name in ("sft", "ppo", "dpo"):
+        models[name] = reward.load_sft_policy(os.path.join(run_dir, name, "model.pt"), device)
+    rm = reward.load_reward_model(os.path.join(run_dir, "reward", "model.pt"), device)
+    world = tasks.make_world(sft.SFTConfig.world_seed)
+    sets = {split: examples for split, examples in sft.eval_sets(world, cfg.eval_n).items() if split != "heldout_task"}
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    rows = {}
+    for name in MODELS:
+        model = models["sft" if name == "bon16" else name].eval()
+        rows[name] = evaluate_model(name, model, tok, sets, rm, models["sft"], cfg, gen)
+        print(f"report | evaluated {name}", flush=True)
+    shown_examples = [sets[split][i] for i in range(cfg.n_transcript) for split in sets][:cfg.n_transcript]
+    shown = [{"split": ex.split, "family": ex.family, "prompt": ex.messages[-1]["content"], "answer": ex.answer,
+              "answers": {name: (text, ended, tasks.grade(ex, text, ended)) for name, (text, ended) in answers.items()}}
+             for ex, answers in transcripts({k: models[k] for k in ("base", "sft", "ppo", "dpo")}, tok,
+                                            shown_examples, cfg.max_new_tokens)]
+    return {"models": rows, "stage_seconds": stage_seconds, "config": asdict(cfg), "transcripts": shown,
+            "plots": make_plots(run_dir)}
+
+
+def write_report(run_dir, result):
+    """report.json (machine-readable) and report.md (the card). Returns the Markdown."""
+    with open(os.path.join(run_dir, "report.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    text = report_markdown(result, result["transcripts"])
+    with open(os.path.join(run_dir, "report.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+# -----------------------------------------------------------------------------
+# The pipeline
+
+
+def run_stage(name, fn, run_dir):
+    """Run fn() unless <run>/<name>/done.json exists; returns the stage's seconds (from done.json when skipped)."""
+    done = os.path.join(run_dir, name, "done.json")
+    if os.path.exists(done):
+        with open(done) as f:
+            seconds = json.load(f)["seconds"]
+        print(f"== {name}: done already ({format_seconds(seconds)}), skipped")
+        return seconds
+    t0 = time.time()
+    fn()
+    seconds = time.time() - t0
+    os.makedirs(os.path.dirname(done), exist_ok=True)
+    with open(done, "w") as f:
+        json.dump({"seconds": seconds}, f)
+    return seconds
+
+
+def main(cfg):
+    """Every stage in order, then the report card. Returns (report dict, report markdown)."""
+    cfg.preset = "quick" if cfg.quick else cfg.preset
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
+    for key, value in PRESETS[cfg.preset].get("report", {}).items():
+        setattr(cfg, key, value)
+    run_dir = os.path.join(cfg.runs_dir, cfg.name)
+    if cfg.fresh and os.path.exists(run_dir):
+        shutil.rmtree(run_dir)
+    configs = stage_configs(cfg, run_dir)
+    t_start, seconds = time.time(), {}
+    pre = configs["pretrain"]
+    stages = [("tokenizer", lambda: pretrain.get_tokenizer(pre, pretrain.corpus_documents(pre))),
+              ("pretrain", lambda: pretrain.train(pre)), ("sft", lambda: sft.train(configs["sft"])),
+              ("reward", lambda: reward.train(configs["reward"])), ("ppo", lambda: ppo.train(configs["ppo"])),
+              ("dpo", lambda: dpo.train(configs["dpo"]))]
+    for i, (name, fn) in enumerate(stages):
+        if name in configs:
+            configs[name].resume = True  # an interrupted stage continues from its checkpoint, if it has one
+        print(f"== stage {i + 1}/{len(stages) + 1}: {name} | elapsed {format_seconds(time.time() - t_start)}",
+              flush=True)
+        seconds[name] = run_stage(name, fn, run_dir)
+    print(f"== stage {len(stages) + 1}/{len(stages) + 1}: report | elapsed {format_seconds(time.time() - t_start)}")
+    eval_t0 = time.time()
+    reward_eval = json.load(open(os.path.join(run_dir, "reward", "eval.json")))
+    preferences_s = reward_eval.get("preferences_s", 0.0)  # reward.py times its sampling and labelling
+    stage_seconds = {"tokenizer": seconds["tokenizer"], "pretrain": seconds["pretrain"], "sft": seconds["sft"],
+                     "preferences": preferences_s, "reward": seconds["reward"] - preferences_s,
+                     "ppo": seconds["ppo"], "dpo": seconds["dpo"], "eval": 0.0}
+    result = report(cfg, run_dir, stage_seconds)
+    result["stage_seconds"]["eval"] = time.time() - eval_t0
+    text = write_report(run_dir, result)
+    print(text)
+    print(f"pipeline finished in {format_seconds(time.time() - t_start)} (this invocation); report in {run_dir}/report.md")
+    return result, text
+
+
+if __name__ == "__main__":
+    main(cli(PipelineConfig))
