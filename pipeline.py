@@ -326,7 +326,7 @@ def main(cfg):
     print(f"== stage {len(stages) + 1}/{len(stages) + 1}: report | elapsed {format_seconds(time.time() - t_start)}")
     eval_t0 = time.time()
     reward_eval = json.load(open(os.path.join(run_dir, "reward", "eval.json")))
-    preferences_s = reward_eval.get("preferences_s", 0.0)  # reward.py times its sampling and labelling
+    preferences_s = reward_eval.get("time/data_s", 0.0)  # reward.py times its sampling and labelling
     stage_seconds = {"tokenizer": seconds["tokenizer"], "pretrain": seconds["pretrain"], "sft": seconds["sft"],
                      "preferences": preferences_s, "reward": seconds["reward"] - preferences_s,
                      "ppo": seconds["ppo"], "dpo": seconds["dpo"], "eval": 0.0}

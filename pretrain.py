@@ -51,7 +51,7 @@ class PretrainConfig:
     """sequences per micro-batch"""
     grad_accum: int = 1
     """micro-batches per optimizer step"""
-    max_steps: int = 900
+    max_steps: int = 850
     """optimizer steps"""
     lr: float = 3e-3
     """peak learning rate"""

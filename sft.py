@@ -70,7 +70,7 @@ class SFTConfig:
     """AdamW weight decay on 2-D weights"""
     grad_clip: float = 1.0
     """clip the gradient norm to this (0 = off)"""
-    eval_every: int = 200
+    eval_every: int = 300
     """steps between evaluations by generation"""
     eval_n: int = 60
     """prompts per split in the periodic evaluation"""

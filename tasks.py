@@ -557,18 +557,22 @@ def is_correct(example: Example, response: str, ended: bool = True) -> bool:
 # ----------------------------------------------------------------------------- the simulated labeler
 class Labeler:
     """A simulated human annotator: Bradley-Terry on the gold scores with a temperature,
-    P(a preferred over b) = sigmoid((g_a - g_b) / temperature). Equal gold -> coin flip;
-    temperature 0 -> always agrees with the gold rule. Its own seeded rng makes it reproducible."""
+    P(a preferred over b) = sigmoid((g_a - g_b) / temperature); temperature 0 -> always agrees with
+    the gold rule. Equal gold: a coin flip, or with ties=True the answer "equally good" (None), as
+    rating interfaces allow (Llama 2's scale ends at "negligibly better / unsure"); a coin flip on a
+    tie is a label that is pure noise. Its own seeded rng makes it reproducible."""
 
-    def __init__(self, temperature: float = 0.25, seed: int = 0):
+    def __init__(self, temperature: float = 0.25, seed: int = 0, ties: bool = False):
         self.temperature = temperature
+        self.ties = ties
         self.rng = random.Random(seed)
 
     def prefers_first(self, example: Example, resp_a: str, resp_b: str, ended_a: bool = True,
-                      ended_b: bool = True) -> bool:
+                      ended_b: bool = True) -> bool | None:
+        """True if a is preferred, False if b is; None for "equally good" (equal gold with ties=True)."""
         diff = grade(example, resp_a, ended_a) - grade(example, resp_b, ended_b)
         if diff == 0:
-            return self.rng.random() < 0.5
+            return None if self.ties else self.rng.random() < 0.5
         if self.temperature == 0:
             return diff > 0
         p_first = 1 / (1 + math.exp(-max(-50.0, min(50.0, diff / self.temperature))))

@@ -132,6 +132,23 @@ def test_policy_preferences_dedupe_drop_unterminated_and_label(monkeypatch):
     assert all(p["gold_chosen"] == 1.0 and p["gold_rejected"] == 0.0 for p in pairs)
 
 
+def test_policy_preferences_drop_ties_and_add_demonstrations(monkeypatch):
+    examples = tasks.make_examples(WORLD, "train", 3, seed=5)
+    canned = []
+    for ex in examples:  # k = 2 samples per prompt, both correct: a tie, no pair without demonstrations
+        canned += [(ex.answer, True, 2), (ex.answer + ".", True, 2)]
+    monkeypatch.setattr(reward.sft, "respond", lambda *args, **kwargs: canned)
+    labeler = tasks.Labeler(temperature=0.0, ties=True)
+    assert policy_preferences(None, None, examples, labeler, k=2) == []  # "equally good": not kept
+    pairs = policy_preferences(None, None, examples, labeler, k=2, demonstrations=True)
+    # the clean answer is already a sample; the mistake joins and loses to both samples
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [
+        (good, ex.mistake) for ex in examples for good in (ex.answer, ex.answer + ".")]
+    assert all(p["gold_chosen"] > p["gold_rejected"] for p in pairs)
+    coin = policy_preferences(None, None, examples, tasks.Labeler(temperature=0.0, seed=0), k=2)
+    assert len(coin) == 3  # the old labeler flips a coin on the tie instead
+
+
 def test_group_by_prompt_scores_each_response_once(tok):
     p, q = [{"role": "user", "content": "Name two fruits."}], [{"role": "user", "content": "Name a fruit."}]
     pairs = [{"prompt": p, "chosen": "fig", "rejected": "kiwi"}, {"prompt": q, "chosen": "plum", "rejected": "pear"},
@@ -209,7 +226,8 @@ def test_tiny_run_end_to_end(model_free, tiny_sft_run):
     out = tiny_sft_run
     cfg = RewardConfig(out_dir=str(out), model_free=model_free, n_prompts=24, n_heldout_prompts=12,
                        samples_per_prompt=3, max_new_tokens=12, batch_size=8, max_steps=4, warmup_steps=1,
-                       n_norm=16, bon_n=6, bon_ns="1,2,4", log_every=2, eval_every=2, device="cpu", quiet=True)
+                       n_norm=16, bon_n=6, bon_ns="1,2,4", log_every=2, eval_every=2, device="cpu", quiet=True,
+                       labeler_ties=False)  # the tiny model's answers are nearly all wrong: all ties otherwise
     rm, tok, history = reward.train(cfg)
     results = history[-1]
     for key in ("heldout/accuracy", "heldout/gold_accuracy", "heldout/margin", "labels/gold_agreement",

@@ -242,6 +242,19 @@ def test_labeler_ties_are_coin_flips():
     assert not labeler.prefers_first(ex, ex.mistake, ex.answer)
 
 
+def test_labeler_with_ties_says_equally_good_and_agreement_counts_only_ranked_pairs():
+    ex = make_examples(WORLD, "test", 1)[0]
+    labeler = Labeler(temperature=0.25, seed=1, ties=True)
+    assert labeler.prefers_first(ex, ex.answer, ex.answer) is None  # equal gold: "equally good"
+    assert labeler.prefers_first(ex, ex.mistake, ex.mistake + " x") is None  # both wrong: gold 0 and 0
+    assert Labeler(temperature=0.0, ties=True).prefers_first(ex, ex.answer, ex.mistake) is True
+    pairs = pairs_for_labeling(200)
+    ties = [(ex, ex.answer, ex.answer) for ex, *_ in pairs]  # never counted, never None in the count
+    assert labeler_agreement(Labeler(0.0, ties=True), pairs + ties) == 1.0
+    assert labeler_agreement(Labeler(0.25, seed=3, ties=True), pairs + ties) == \
+        labeler_agreement(Labeler(0.25, seed=3), pairs)  # ties draw nothing from the rng there
+
+
 # ----------------------------------------------------------------------------- extending
 def test_a_teacher_can_add_a_family():
     double = Family("double", ["Double {n}.", "What is twice {n}?", "What is {n} times 2?", "Multiply {n} by 2."],
