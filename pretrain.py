@@ -5,7 +5,7 @@ The base model only learns to continue text. It reads the built-in world's corpu
 (tasks.pretrain_corpus: biographies, category facts, skills written as prose, filler stories),
 or your own UTF-8 text files with --text-files. Later stages start from its checkpoint.
 
-  python pretrain.py                          # built-in corpus, CPU-sized defaults (5 min 20 s on 2 cores)
+  python pretrain.py                          # built-in corpus, CPU-sized defaults (about 6 min on 2 cores)
   python pretrain.py --text-files my_texts/   # your own .txt files
   python pretrain.py --resume                 # continue an interrupted run (Ctrl-C saves a checkpoint)
 
