@@ -14,13 +14,17 @@ pairs reward.py learns from. No sampling and no critic during training: one supe
 Reads <out_dir>/tokenizer/, <out_dir>/sft/model.pt (start of the policy and the frozen reference) and
 <out_dir>/preferences/{train,heldout}.jsonl; when those files are missing it makes them with reward.py's
 functions (the same pairs reward.py would make). Writes <out_dir>/dpo/model.pt, metrics.jsonl, eval.json.
+Measured on a default-config SFT model and its preferences (one CPU thread, not in a pipeline run): 5,054 pairs, 158 steps, 2.7 minutes with the evaluation; the
+mean gold score over the four held-out splits rose from 0.450 (SFT) to 0.490 greedy and from 0.322 to 0.392
+at T=1 (every split rose), at a KL of 0.79 nats per answer; held-out preference accuracy 0.77; and the
+logprob of the held-out chosen answers fell too (-1.32 -> -1.53), less than the rejected ones' (-5.92 -> -7.31).
 
 References: DPO paper (eq. 7) and its reference code eric-mitchell/direct-preference-optimization
 (concatenated_forward, _get_batch_logps); IPO, Azar et al. 2023 (arXiv 2310.12036, eq. 17); cDPO, E. Mitchell
 2023, "A note on DPO with noisy preferences and relationship to IPO"; TRL's DPOTrainer (logged metrics).
 Deviations:
   - the reference logprobs are computed once before training (the policy starts equal to the reference,
-    so step 0 has loss ln 2 exactly, which a test checks); the reference model is kept for the KL estimate;
+    so step 0 has loss ln 2 up to rounding, which a test checks); the reference model is kept for the KL estimate;
   - IPO here uses summed logprobs like DPO; TRL averages them per token for IPO (TRL PR #1265), which
     changes the scale of its beta.
 """
@@ -66,8 +70,8 @@ class DPOConfig:
     """optimizer steps (0: from epochs)"""
     max_len: int = 128
     """longest prompt + response; longer ones lose the start of their prompt"""
-    lr: float = 1e-4
-    """peak learning rate"""
+    lr: float = 5e-5
+    """peak learning rate (1e-4 went further from SFT on the default run, KL 1.25 vs 0.79, for less gold)"""
     warmup_steps: int = 10
     """linear warmup steps"""
     min_lr_frac: float = 0.1
