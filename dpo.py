@@ -42,8 +42,8 @@ import reward
 import sft
 import tasks
 from common import cli, fit, seed_everything
-from data import Tokenizer, collate, load_preferences_jsonl, render_chat, render_prompt
-from model import IGNORE_INDEX, autocast, generate, get_device, logprobs, logprobs_from_logits
+from data import Tokenizer, collate, load_preferences_jsonl, render_chat
+from model import IGNORE_INDEX, autocast, get_device, logprobs_from_logits
 
 
 @dataclass
@@ -218,29 +218,6 @@ def load_pairs(cfg, ref, tok):
 # Evaluation
 
 
-@torch.no_grad()
-def kl_to_reference(policy, ref, tok, prompts, max_new_tokens=48, batch_size=64, generator=None):
-    r"""KL(policy || ref) per answer, estimated on answers sampled from the policy at temperature 1.
-
-    $\mathrm{KL} \approx \frac{1}{N}\sum_i\sum_t [\log\pi(y_{i,t}|x_i,y_{i,<t}) - \log\pi_{ref}(y_{i,t}|x_i,y_{i,<t})]$,
-    y_i ~ pi(.|x_i), summed over response tokens (with <|end|>). An unbiased estimate, exactly 0 when
-    policy == ref; single samples can be negative. Both logprobs come from model.logprobs.
-    """
-    device = next(policy.parameters()).device
-    room = policy.config.block_size - max_new_tokens  # long prompts lose their start, as in sft.respond
-    total = 0.0
-    for i in range(0, len(prompts), batch_size):
-        ids = [render_prompt(tok, messages)[-room:] for messages in prompts[i:i + batch_size]]
-        with autocast(device):
-            gen = generate(policy, ids, max_new_tokens, temperature=1.0, stop_id=tok.end_id,
-                           pad_id=tok.pad_id, generator=generator)
-            P = gen.prompt_width  # entry P-1 of logprobs scores the first response token
-            diff = (logprobs(policy, gen.tokens, gen.attention_mask)[:, P - 1:]
-                    - logprobs(ref, gen.tokens, gen.attention_mask)[:, P - 1:])  # (B, N)
-        total += (diff * gen.attention_mask[:, P:]).sum().item()  # response tokens only
-    return total / max(len(prompts), 1)
-
-
 def evaluate_generation(model, tok, sets, cfg, ref=None):
     """The shared evaluation (sft.evaluate) greedy and sampled at T=1, and the KL to ref when given."""
     results = {}
@@ -251,7 +228,7 @@ def evaluate_generation(model, tok, sets, cfg, ref=None):
     if ref is not None:
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(cfg.seed)
         prompts = [ex.messages for examples in sets.values() for ex in examples]
-        results["kl_to_sft"] = kl_to_reference(model, ref, tok, prompts, cfg.max_new_tokens, generator=generator)
+        results["kl_to_sft"] = sft.kl_to_reference(model, ref, tok, prompts, cfg.max_new_tokens, generator=generator)
     return results
 
 

@@ -136,7 +136,7 @@ def evaluate_model(name, model, tok, sets, rm, ref, cfg, gen):
     row.update(gold_greedy=mean(greedy, "gold"), gold_sampled=mean(sampled, "gold"),
                mean_length=mean(greedy, "length"), ended=mean(greedy, "ended"))
     prompts = [ex.messages for split in sets.values() for ex in split]
-    row["kl_to_sft"] = dpo.kl_to_reference(model, ref, tok, prompts, cfg.max_new_tokens, generator=gen)
+    row["kl_to_sft"] = sft.kl_to_reference(model, ref, tok, prompts, cfg.max_new_tokens, generator=gen)
     answers = sft.respond(model, tok, prompts, 0.0, cfg.max_new_tokens)
     row["rm_score"] = reward.score(rm, tok, prompts, [text for text, _, _ in answers]).mean().item()
     return row

@@ -24,7 +24,7 @@ import pretrain
 import tasks
 from common import cli, fit, seed_everything
 from data import Tokenizer, collate, decode_content, load_sft_file, render_chat, render_prompt
-from model import autocast, generate, get_device, lm_loss, load_checkpoint
+from model import autocast, generate, get_device, lm_loss, load_checkpoint, logprobs
 from pretrain import random_windows
 
 EVAL_SPLITS = ("test", "heldout_phrasing", "heldout_people", "heldout_task")
@@ -146,6 +146,29 @@ def evaluate(model, tok, sets, temperature=0.0, max_new_tokens=48, seed=0):
         for d, c in sorted(by_difficulty.items()):
             results[f"{split}/difficulty/{d}"] = sum(c) / len(c)
     return results
+
+
+@torch.no_grad()
+def kl_to_reference(policy, ref, tok, prompts, max_new_tokens=48, batch_size=64, generator=None):
+    r"""KL(policy || ref) per answer, estimated on answers sampled from the policy at temperature 1.
+
+    $\mathrm{KL} \approx \frac{1}{N}\sum_i\sum_t [\log\pi(y_{i,t}|x_i,y_{i,<t}) - \log\pi_{ref}(y_{i,t}|x_i,y_{i,<t})]$,
+    y_i ~ pi(.|x_i), summed over response tokens (with <|end|>). An unbiased estimate, exactly 0 when
+    policy == ref; single samples can be negative. Both logprobs come from model.logprobs.
+    """
+    device = next(policy.parameters()).device
+    room = policy.config.block_size - max_new_tokens  # long prompts lose their start, as in sft.respond
+    total = 0.0
+    for i in range(0, len(prompts), batch_size):
+        ids = [render_prompt(tok, messages)[-room:] for messages in prompts[i:i + batch_size]]
+        with autocast(device):
+            gen = generate(policy, ids, max_new_tokens, temperature=1.0, stop_id=tok.end_id,
+                           pad_id=tok.pad_id, generator=generator)
+            P = gen.prompt_width  # entry P-1 of logprobs scores the first response token
+            diff = (logprobs(policy, gen.tokens, gen.attention_mask)[:, P - 1:]
+                    - logprobs(ref, gen.tokens, gen.attention_mask)[:, P - 1:])  # (B, N)
+        total += (diff * gen.attention_mask[:, P:]).sum().item()  # response tokens only
+    return total / max(len(prompts), 1)
 
 
 def headline(results):

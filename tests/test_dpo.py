@@ -11,8 +11,9 @@ import torch
 import dpo
 import reward
 import tasks
+from sft import kl_to_reference
 from data import IGNORE_INDEX, Tokenizer, encode_content, render_prompt, write_preferences_jsonl
-from dpo import (DPOConfig, collate_pairs, concatenated_logprobs, dpo_loss, kl_to_reference, pair_logprobs,
+from dpo import (DPOConfig, collate_pairs, concatenated_logprobs, dpo_loss, pair_logprobs,
                  sequence_logprobs, tokenize_pairs)
 from model import GPT, GPTConfig, generate, load_checkpoint, logprobs, save_checkpoint
 
