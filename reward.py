@@ -7,7 +7,7 @@ scalar model r(prompt, response) so that the Bradley-Terry probability sigmoid(r
 fits the labels. The built-in world's annotator is tasks.Labeler (the gold grader plus noise), so
 we can measure how well the reward model learned the *hidden* rule, not only the noisy labels.
 
-  python reward.py                          # SFT samples -> labels -> RM -> best-of-N (~2.5 min, 2 cores)
+  python reward.py                          # SFT samples -> labels -> RM -> best-of-N (2 min 41 s on 2 cores)
   python reward.py --model-free             # pairs from demonstrations (fast, no sampling)
   python reward.py --data-file prefs.jsonl  # your preference JSONL (HH-RLHF transcripts too)
 
