@@ -14,7 +14,7 @@ instruction has a checkable answer. That lets every stage be *measured* (see doc
 
 Use:
     world = make_world(seed=0)
-    docs = pretrain_corpus(world, size=1.0)            # list[str], about 1.9 MB of text
+    docs = pretrain_corpus(world, size=1.0)            # list[str], about 1.8 MB of text
     train = make_examples(world, "train", 1000)        # list[Example]
     ex = train[0]; ex.messages, ex.answer              # prompt messages and clean answer
     grade(ex, "pear, dog, cat", ended=True)            # 1.0 / (0.5, 0.75) / 0.0 / -1.0
@@ -63,12 +63,29 @@ CATEGORY_PHRASE = {"animal": "an animal", "fruit": "a fruit", "vegetable": "a ve
                    "tool": "a tool", "instrument": "an instrument", "vehicle": "a vehicle",
                    "clothing": "a piece of clothing", "furniture": "a piece of furniture"}
 PETS = ["cat", "dog", "fish", "rabbit", "parrot", "turtle", "mouse", "snake", "horse", "goat", "duck", "frog"]
+# One first name and one last name per person, never shared (see make_world).
 FIRST_NAMES = ["Ana", "Tom", "Mia", "Leo", "Sam", "Eva", "Max", "Zoe", "Ben", "Ivy", "Dan", "Amy", "Joe", "Kim",
                "Ray", "Lily", "Noah", "Emma", "Jack", "Ruth", "Omar", "Nina", "Paul", "Rosa", "Carl", "Lena",
-               "Hugo", "Ada", "Ian", "Eli", "Finn", "Tara", "Otto", "Vera", "Luis", "Maya", "Theo", "Iris"]
+               "Hugo", "Ada", "Ian", "Eli", "Finn", "Tara", "Otto", "Vera", "Luis", "Maya", "Theo", "Iris",
+               "Adam", "Alex", "Alice", "Anna", "Bella", "Bob", "Carla", "Chloe", "Cleo", "Dora", "Eddie", "Ella",
+               "Ellen", "Emil", "Erik", "Ezra", "Felix", "Fred", "Gina", "Grace", "Greg", "Hana", "Hank", "Hazel",
+               "Helen", "Henry", "Ida", "Igor", "Ines", "Isaac", "Jade", "Jake", "Jane", "Jean", "Jill", "Jon",
+               "Josh", "Joy", "Jude", "June", "Kai", "Karl", "Kate", "Kyle", "Lara", "Liam", "Lisa", "Lola",
+               "Lucy", "Luke", "Mark", "Mary", "Matt", "Mike", "Milo", "Nate", "Ned", "Nell", "Nick", "Nora",
+               "Olga", "Oscar", "Owen", "Pam", "Pete", "Phil", "Rita", "Rob", "Ron", "Rose", "Ruby", "Ryan",
+               "Sara", "Sean", "Seth", "Sofia", "Tess", "Tim", "Toby", "Troy", "Uma", "Vince", "Wade", "Will",
+               "Yara", "Zack"]
 LAST_NAMES = ["Reed", "Ford", "Lee", "Hill", "Stone", "Wood", "Brook", "Gray", "West", "Lane", "Moore", "Shaw",
               "Rowe", "Cole", "Hart", "Nash", "King", "Ross", "Young", "Hale", "Price", "Dunn", "Lowe", "Webb",
-              "Frost", "Hayes", "Marsh", "Cross", "Page", "Long", "Ward", "Fry", "Bond", "Hunt", "Rich", "Day"]
+              "Frost", "Hayes", "Marsh", "Cross", "Page", "Long", "Ward", "Fry", "Bond", "Hunt", "Rich", "Day",
+              "Adams", "Allen", "Bailey", "Banks", "Bates", "Bell", "Blake", "Boyd", "Burke", "Burns", "Bush",
+              "Byrne", "Cain", "Carr", "Chase", "Clark", "Cook", "Cox", "Craig", "Dale", "Davis", "Dean", "Dixon",
+              "Doyle", "Drake", "Duke", "Dyer", "Ellis", "Evans", "Fisher", "Flynn", "Gale", "Gibbs", "Glenn",
+              "Grant", "Hall", "Hardy", "Hicks", "Holt", "Hood", "Hope", "Howe", "Hughes", "Irwin", "Jones",
+              "Kane", "Kerr", "Knox", "Lamb", "Law", "Lynch", "Lyons", "Mann", "Mason", "Mills", "Moss", "Munro",
+              "Neal", "Noble", "North", "Oakes", "Owens", "Park", "Pike", "Poole", "Pratt", "Quinn", "Rice",
+              "Rudd", "Rush", "Sharp", "Short", "Small", "Snow", "Stark", "Swift", "Todd", "Tate", "Tyler",
+              "Vance", "Vaughn", "Wall", "Walsh", "Watts", "Wells", "Wilde", "Wise", "York"]
 # What kind of token each stock word is, for the grader's "other candidate answer" rule.
 WORD_KIND = {w.lower(): ("item" if c in CATEGORIES else c) for c, ws in WORDS.items() for w in ws}
 WORD_KIND.update({c: "category" for c in CATEGORIES})
@@ -109,9 +126,14 @@ class World:
 def make_world(seed: int = 0, n_people: int = 120, heldout_people_frac: float = 0.25) -> World:
     """Same seed, same world on every machine: one random.Random(seed), lists only, no sets iterated."""
     rng = random.Random(seed)
-    names = [(first, last) for first in FIRST_NAMES for last in LAST_NAMES]
+    if n_people <= min(len(FIRST_NAMES), len(LAST_NAMES)):
+        # Nobody shares a first or a last name. With shared names (37 first names for 120 people) the
+        # SFT model mixed people up: asked for Paul Lane's job it gave Paul Frost's.
+        names = list(zip(rng.sample(FIRST_NAMES, n_people), rng.sample(LAST_NAMES, n_people)))
+    else:  # more people than names: full names stay unique, first and last names repeat
+        names = rng.sample([(first, last) for first in FIRST_NAMES for last in LAST_NAMES], n_people)
     people = [Person(first, last, rng.choice(WORDS["city"]), rng.choice(WORDS["job"]), rng.choice(PETS))
-              for first, last in rng.sample(names, n_people)]
+              for first, last in names]
     heldout = sorted(rng.sample(range(n_people), round(n_people * heldout_people_frac)))
     return World(seed, {**WORDS, "pet": PETS}, people,
                  sft_people=[p for i, p in enumerate(people) if i not in heldout],
@@ -219,12 +241,14 @@ def _skill_sentence(skill: str, world: World, rng: random.Random, d: int) -> str
     return rng.choice(forms[skill])
 
 
-SKILLS = ["sum", "sum", "compare", "reverse", "sort", "count", "ends", "upper", "repeat"]  # sums twice as often
+# The skills the tiny model finds hardest come more often: sums 4 times, comparisons and sorting twice.
+SKILLS = ["sum"] * 4 + ["compare"] * 2 + ["sort"] * 2 + ["reverse", "count", "ends", "upper", "repeat"]
 
 
 def _skill_doc(world: World, rng: random.Random) -> str:
     skill = rng.choice(SKILLS)
-    return " ".join(_skill_sentence(skill, world, rng, rng.randint(1, 3)) for _ in range(rng.randint(4, 7)))
+    # difficulty 3 (3 digits, 6-7 words) is rarer: the tasks default to levels 1 and 2
+    return " ".join(_skill_sentence(skill, world, rng, rng.choice((1, 1, 2, 2, 2, 3))) for _ in range(rng.randint(4, 7)))
 
 
 STORY = ["Once upon a time there was a {colour} {animal} who lived in {city}.",
@@ -256,14 +280,14 @@ def _story(world: World, rng: random.Random) -> str:
 
 
 def pretrain_corpus(world: World, size: float = 1.0, seed: int = 0) -> list[str]:
-    """Plain-text documents, shuffled. size scales the number of documents (size=1.0: about 1.9 MB).
+    """Plain-text documents, shuffled. size scales the number of documents (size=1.0: about 1.8 MB).
     Every person gets max(1, round(20 * size)) biographies, so even a tiny corpus states every fact
     (at size=1.0: each fact 40 times, in several paraphrases)."""
     rng = random.Random(zlib.crc32(repr(("corpus", world.seed, seed)).encode()))
     docs = [_bio(p, rng) for p in world.people for _ in range(max(1, round(20 * size)))]
     docs += [_category_doc(world, rng) for _ in range(max(1, round(400 * size)))]
-    docs += [_skill_doc(world, rng) for _ in range(max(1, round(3200 * size)))]
-    docs += [_story(world, rng) for _ in range(max(1, round(900 * size)))]
+    docs += [_skill_doc(world, rng) for _ in range(max(1, round(3800 * size)))]
+    docs += [_story(world, rng) for _ in range(max(1, round(600 * size)))]
     rng.shuffle(docs)
     return docs
 
