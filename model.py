@@ -337,7 +337,10 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
         else:
             logp = F.log_softmax(logits / temperature, dim=-1)
             probs = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
-            next_token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            # inverse-CDF sampling: one uniform draw per row. (torch.multinomial draws an exponential
+            # per vocabulary entry; on a CPU that was a quarter of the generation time.)
+            u = torch.rand(B, 1, device=device, generator=generator)
+            next_token = torch.searchsorted(probs.cumsum(dim=-1), u, right=True).squeeze(-1).clamp(max=probs.size(-1) - 1)
         next_token = torch.where(done, torch.full_like(next_token, pad_id), next_token)
         tokens[:, end] = next_token
         mask[:, end] = (~done).long()

