@@ -191,6 +191,23 @@ def sft_conversations(cfg):
                                    error_rate=cfg.error_rate, wordy_rate=cfg.wordy_rate)
 
 
+def length_grouped_batch(lengths, batch_size, group, index, seed):
+    """Example indices of micro-batch `index`: random draws (with replacement), grouped by length.
+
+    Micro-batches [first, first + group) share one draw of group * batch_size examples, sorted by
+    length and cut into `group` batches taken in a random order, so a batch pads to about its own
+    length. Random batches of the built-in data were 57% padding. (HF Trainer's group_by_length
+    does the same.) A function of (index, seed) only: a resumed run sees the same batches.
+    group=1: plain random batches.
+    """
+    first = index - index % group
+    g = torch.Generator().manual_seed(seed * 100_003 + first)
+    picks = torch.randint(0, len(lengths), (group * batch_size,), generator=g).tolist()
+    picks.sort(key=lambda i: lengths[i])
+    b = torch.randperm(group, generator=g)[index - first].item()  # long and short batches in random order
+    return picks[b * batch_size:(b + 1) * batch_size]
+
+
 def replay_stream(tok, pretrain_ckpt):
     """The base model's pretraining text as one token stream, rebuilt from the config stored in its
     checkpoint; None for a checkpoint that pretrain.py did not write (no replay then)."""
@@ -215,25 +232,14 @@ def train(cfg):
         print(f"sft: {len(examples)} conversations, {n_cut} truncated to {max_len} tokens "
               f"(the start of their prompt was cut)")
 
-    group = cfg.length_group
+    lengths = [len(ids) for ids, _ in examples]
 
     def next_batch(step):
-        # Length grouping: draw the conversations of `group` steps at once, sort them by length and cut
-        # them into batches, so a batch pads to about its own length. With random batches 57% of the
-        # tokens were padding. (HF Trainer's group_by_length does the same.) Seeded by the step: the
-        # same batches on resume.
-        first = step - step % group
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + first)
-        n_batches = group * cfg.grad_accum
-        picks = torch.randint(0, len(examples), (n_batches * cfg.batch_size,), generator=g).tolist()
-        picks.sort(key=lambda i: len(examples[i][0]))
-        order = torch.randperm(n_batches, generator=g).tolist()  # long and short batches in random order
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + step)  # the replay windows of this step
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + step)  # this step's replay windows
         batches = []
         for k in range(cfg.grad_accum):
-            b = order[(step - first) * cfg.grad_accum + k]
-            batch = collate([examples[i] for i in picks[b * cfg.batch_size:(b + 1) * cfg.batch_size]],
-                            tok.pad_id, max_len)
+            picks = length_grouped_batch(lengths, cfg.batch_size, cfg.length_group, step * cfg.grad_accum + k, cfg.seed)
+            batch = collate([examples[i] for i in picks], tok.pad_id, max_len)
             batch["n"] = (batch["targets"] != -100).sum()
             batch["n_tokens"] = batch["attention_mask"].sum()
             if replay is not None:

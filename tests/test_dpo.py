@@ -210,7 +210,9 @@ def test_tiny_dpo_run_learns_a_trivial_preference(tok, tmp_path):
     cfg = DPOConfig(out_dir=str(out), data_file=str(out / "prefs.jsonl"), max_steps=40, eval_every=20, **TINY_CFG)
     policy, _, history = dpo.train(cfg)
     steps = [h for h in history if "accuracy" in h]
-    assert steps[0]["loss"] == pytest.approx(LN2, abs=1e-4)  # step 0: policy == precomputed reference
+    assert steps[0]["dpo_loss"] == pytest.approx(LN2, abs=1e-4)  # step 0: policy == precomputed reference
+    # the optimised loss adds the RPO term: nll_coef * the per-token NLL of the chosen answers
+    assert steps[0]["nll"] > 0 and steps[0]["loss"] == pytest.approx(LN2 + cfg.nll_coef * steps[0]["nll"], abs=1e-4)
     assert abs(steps[0]["margin"]) < 1e-4 and abs(steps[0]["reward_chosen"]) < 1e-4
     assert history[-1]["heldout/accuracy"] == 1.0 and history[-1]["heldout/margin"] > 1.0
     assert sum(h["accuracy"] for h in steps[-5:]) / 5 >= 0.95

@@ -106,3 +106,19 @@ def test_replay_stream_is_the_pretraining_text(base_run):
     docs = pretrain.corpus_documents(pretrain.PretrainConfig(**ckpt["stage_config"]))
     assert torch.equal(stream, pretrain.tokenize_documents(tok, docs))
     assert sft.replay_stream(tok, {}) is None  # a checkpoint pretrain.py did not write: no replay
+
+
+def test_length_grouped_batches_pad_less_and_repeat_exactly():
+    rng = torch.Generator().manual_seed(0)
+    lengths = torch.randint(5, 90, (1000,), generator=rng).tolist()
+    batch = lambda group, i: sft.length_grouped_batch(lengths, 32, group, i, seed=3)  # noqa: E731
+    assert batch(8, 5) == batch(8, 5) and len(batch(8, 5)) == 32  # a function of the index: resume-safe
+    # the 8 batches of a group cut one sorted draw: together they are that draw, each a contiguous slice
+    group = [batch(8, i) for i in range(8)]
+    draw = sorted((i for b in group for i in b), key=lambda i: lengths[i])
+    assert sorted(lengths[i] for i in draw) == [lengths[i] for i in draw]
+    spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in group)
+    assert all(hi <= lo2 for (_, hi), (lo2, _) in zip(spans, spans[1:]))  # ranges do not overlap
+    # padding: a batch costs batch_size * its longest example
+    padded = lambda group: sum(max(lengths[i] for i in batch(group, k)) for k in range(64))  # noqa: E731
+    assert padded(16) < 0.75 * padded(1)
