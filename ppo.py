@@ -310,9 +310,11 @@ def rollout(policy, ref_policy, critic, rm, tok, examples, cfg, generator=None):
     """
     room = policy.config.block_size - cfg.max_new_tokens  # a long prompt loses its start, as in sft.respond
     prompts = [render_prompt(tok, ex.messages)[-room:] for ex in examples]
+    t0 = time.perf_counter()
     with autocast(cfg.device):
         gen = generate(policy, prompts, cfg.max_new_tokens, cfg.temperature, stop_id=tok.end_id,
                        pad_id=tok.pad_id, generator=generator)  # plain softmax [3]; stop at <|end|> [5]
+        t_generate = time.perf_counter()
         P, ids, mask = gen.prompt_width, gen.tokens, gen.attention_mask
         # recomputed, not generate's cached logprobs: the training pass must see the same numbers [4, 15]
         logprobs, _ = response_logprobs(policy, ids, mask, P, cfg.temperature)
@@ -325,7 +327,8 @@ def rollout(policy, ref_policy, critic, rm, tok, examples, cfg, generator=None):
     gold = torch.tensor([tasks.grade(ex, text, e) for ex, text, e in zip(examples, texts, gen.ended)])
     return {"ids": ids, "attention_mask": mask, "prompt_width": P, "response_mask": mask[:, P:].float(),
             "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values, "scores": scores,
-            "rm_scores": rm_scores, "ended": ended, "gold": gold}
+            "rm_scores": rm_scores, "ended": ended, "gold": gold,
+            "seconds": {"generate": t_generate - t0, "score": time.perf_counter() - t_generate}}
 
 
 def evaluate(policy, ref_policy, rm, tok, sets, cfg, sampled=False):
@@ -422,6 +425,7 @@ def train(cfg, reward_model=None):
             advantages = masked_whiten(advantages, response_mask)  # [10]
 
             # 3. ppo_epochs passes over shuffled minibatches [14]
+            t_update = time.perf_counter()
             stats, shuffle = defaultdict(list), torch.Generator().manual_seed(cfg.seed + it)
             for epoch in range(cfg.ppo_epochs):
                 order = torch.randperm(cfg.rollout_batch, generator=shuffle).to(device)
@@ -446,6 +450,8 @@ def train(cfg, reward_model=None):
                                  "entropy": masked_mean(entropy, response_mask[mb]), **pg_stats}.items():
                         stats[k].append(v.detach())
 
+            seconds_update = time.perf_counter() - t_update
+
             # 4. bookkeeping: the KL controller, one record per iteration [17]
             kl = ((batch["logprobs"] - batch["ref_logprobs"]) * response_mask).sum(1).mean().item()  # nats/answer
             ended = batch["ended"]
@@ -454,7 +460,10 @@ def train(cfg, reward_model=None):
                        "kl": kl, "non_score_reward": non_score_rewards.sum(1).mean(), "kl_coef": kl_ctl.value,
                        "length": response_mask.sum(1).mean(), "ended": ended.float().mean(), "lr": lr,
                        "explained_var": 1 - masked_var(returns - batch["values"], response_mask)  # CleanRL
-                       / masked_var(returns, response_mask)}
+                       / masked_var(returns, response_mask),
+                       # where an iteration's time goes: sampling, scoring (logprobs, values, RM), PPO epochs
+                       "time/generate_s": batch["seconds"]["generate"], "time/score_s": batch["seconds"]["score"],
+                       "time/update_s": seconds_update}
             metrics.update({k: torch.stack(v).mean() for k, v in stats.items()})
             metrics["ratio_max"] = torch.stack(stats["ratio_max"]).max()
             if cfg.adaptive_kl:

@@ -1,0 +1,246 @@
+"""
+bench.py: how fast is this machine, and how close to it do we get?
+
+  python bench.py                 # the default CPU model; prints a table and one JSON line
+  python bench.py --device cuda   # the same on a GPU
+
+Measures, in one run:
+  - the matmul peak (GFLOP/s) of a large fp32 (or bf16 on CUDA) matrix product;
+  - the pretraining step through our training loop (common.fit: schedule, clipping, autocast,
+    logging, normalisation by supervised tokens) against a bare PyTorch loop on the same model and
+    batch: loop_vs_bare = our tokens/s / the bare loop's;
+  - model FLOPs utilisation: (6 N + 12 L C T) FLOPs per token (PaLM, Chowdhery et al. 2022,
+    appendix B: weights plus attention) times tokens/s, over the measured peak;
+  - generation with and without the KV cache, 64 and 256 new tokens;
+  - one reward-model step and one DPO step on batches of the default shapes;
+  - one PPO iteration, split into generation, scoring (logprobs, values, RM) and the PPO epochs.
+Speed is measured here, never in a timed test.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+import dpo
+import ppo
+import reward
+import tasks
+from common import cli, fit, make_optimizer, seed_everything
+from data import Tokenizer
+from model import GPT, GPTConfig, autocast, generate, get_device, lm_loss, save_checkpoint
+
+
+@dataclass
+class BenchConfig:
+    device: str = ""
+    """cuda, mps or cpu (default: the best available)"""
+    n_layer: int = 4
+    """the default model's shape (pretrain.PretrainConfig)"""
+    n_head: int = 4
+    n_embd: int = 128
+    vocab_size: int = 2048
+    block_size: int = 128
+    batch_size: int = 32
+    """sequences per training step (pretraining's default)"""
+    steps: int = 20
+    """timed training steps per measurement (after warm-up)"""
+    repeats: int = 3
+    """rounds of each training measurement; the fastest counts"""
+    seed: int = 0
+    run: str = ""
+    """a run folder (e.g. runs/default) whose SFT and reward models the PPO timing uses (default: random weights)"""
+
+
+def timed(fn, repeat, device):
+    """Seconds per call of fn, after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / repeat
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device, n=2048):
+    """GFLOP/s of an n x n matrix product: the ceiling MFU is measured against."""
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    seconds = timed(lambda: a @ b, 10, device)
+    return 2 * n ** 3 / seconds / 1e9
+
+
+def training_step(cfg, model_cfg, device):
+    """tokens/s of our loop (common.fit) and of a bare loop, same model, same batch."""
+    x = torch.randint(0, model_cfg.vocab_size, (cfg.batch_size, cfg.block_size))
+    y = torch.randint(0, model_cfg.vocab_size, (cfg.batch_size, cfg.block_size))
+    tokens = x.numel()
+
+    # bare: forward, loss, backward, step; nothing else
+    torch.manual_seed(cfg.seed)
+    model = GPT(model_cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    xd, yd = x.to(device), y.to(device)
+
+    def bare():
+        logits, _ = model(xd)
+        F.cross_entropy(logits.flatten(0, 1), yd.flatten()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    # ours: common.fit with pretraining's batch and loss; two run lengths, so the difference is
+    # the cost of the extra steps alone (start-up and the final checkpoint cancel out)
+    def ours(steps):
+        torch.manual_seed(cfg.seed)
+        model = GPT(model_cfg).to(device)
+        run = _FitConfig(max_steps=steps, device=device)
+        batch = {"input_ids": x, "targets": y, "n": y.numel(), "n_tokens": tokens}
+        loss_fn = lambda m, b: (lm_loss(m(b["input_ids"])[0], b["targets"], reduction="sum"), {})  # noqa: E731
+        with tempfile.TemporaryDirectory() as out:
+            t0 = time.perf_counter()
+            fit(model, run, lambda step: [batch], loss_fn, os.path.join(out, "model.pt"))
+            return time.perf_counter() - t0
+    ours(2)  # warm-up
+    # the best of `repeats` rounds, bare and ours interleaved: the machine's noise (other processes,
+    # clock changes) only ever slows a round down, so the fastest round is the fairest comparison
+    bare_s = min(timed(bare, cfg.steps, device) for _ in range(cfg.repeats))
+    ours_s = min((ours(2 * cfg.steps) - ours(cfg.steps)) / cfg.steps for _ in range(cfg.repeats))
+    return tokens / ours_s, tokens / bare_s
+
+
+@dataclass
+class _FitConfig:  # what common.fit reads, with pretraining's defaults
+    max_steps: int
+    device: str
+    lr: float = 3e-3
+    warmup_steps: int = 1
+    min_lr_frac: float = 0.1
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    log_every: int = 50
+    eval_every: int = 0
+    ckpt_every: int = 0
+    resume: bool = False
+    quiet: bool = True
+
+
+def generation(model_cfg, device, n_new, batch=8, prompt_len=16):
+    """Seconds to generate n_new tokens for `batch` rows, without and with the KV cache."""
+    model = GPT(GPTConfig(**{**model_cfg.__dict__, "block_size": prompt_len + n_new})).to(device).eval()
+    prompts = [list(range(1, prompt_len + 1))] * batch
+    run = lambda use_cache: generate(model, prompts, n_new, temperature=0.0, use_cache=use_cache)  # noqa: E731
+    return timed(lambda: run(False), 1, device), timed(lambda: run(True), 1, device)
+
+
+def reward_step(model_cfg, device, prompts=16, k=6, length=30):
+    """Seconds of one reward-model step: 16 prompts x 6 answers scored in one pass, BT loss, update."""
+    rm = reward.RewardModel(GPT(model_cfg)).to(device)
+    optimizer = make_optimizer(rm, 3e-4, 0.0, device=device)
+    ids = torch.randint(0, model_cfg.vocab_size, (prompts * k, length), device=device)
+    mask = torch.ones_like(ids)
+    chosen = torch.arange(0, prompts * k, 2, device=device)
+
+    def step():
+        with autocast(device):
+            scores = rm(ids, mask)
+        reward.bradley_terry_loss(scores[chosen], scores[chosen + 1]).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return timed(step, 5, device)
+
+
+def dpo_step(model_cfg, device, pairs=32, length=30):
+    """Seconds of one DPO step: 32 pairs in one concatenated forward pass, loss, update."""
+    policy = GPT(model_cfg).to(device)
+    optimizer = make_optimizer(policy, 5e-5, 0.0, device=device)
+    ids = torch.randint(0, model_cfg.vocab_size, (2 * pairs, length), device=device)
+    targets = ids.roll(-1, dims=1)
+    targets[:, : length // 2] = -100  # the prompt half carries no loss
+    batch = {"input_ids": ids, "targets": targets}
+    ref = torch.zeros(pairs, device=device)
+
+    def step():
+        with autocast(device):
+            chosen, rejected = dpo.concatenated_logprobs(policy, batch)
+        dpo.dpo_loss(chosen, rejected, ref, ref, beta=0.5)[0].mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return timed(step, 5, device)
+
+
+def ppo_iteration(cfg, model_cfg, device):
+    """Seconds of one PPO iteration (64 rollouts of 48 tokens, 4 epochs), split into generate, score, update.
+
+    With --run, the run's tokenizer, SFT model and reward model; without, random weights (then
+    every answer runs to max_new_tokens, the slowest case) and a tokenizer trained on a slice of
+    the built-in corpus.
+    """
+    with tempfile.TemporaryDirectory() as out:
+        if cfg.run:
+            tok_dir, sft_path, rm_path = (os.path.join(cfg.run, p) for p in ("tokenizer", "sft/model.pt", "reward/model.pt"))
+        else:
+            world = tasks.make_world(0)
+            text = "\n".join(tasks.pretrain_corpus(world, size=0.2))
+            tok = Tokenizer.train(text, model_cfg.vocab_size)
+            tok_dir, sft_path, rm_path = os.path.join(out, "tok"), os.path.join(out, "sft.pt"), os.path.join(out, "rm.pt")
+            tok.save(tok_dir)
+            save_checkpoint(sft_path, GPT(GPTConfig(**{**model_cfg.__dict__, "vocab_size": tok.vocab_size})))
+            save_checkpoint(rm_path, reward.RewardModel(GPT(GPTConfig(**{**model_cfg.__dict__, "vocab_size": tok.vocab_size}))))
+        shutil.copytree(tok_dir, os.path.join(out, "tokenizer"))
+        ppo_cfg = ppo.PPOConfig(out_dir=out, sft_path=sft_path, reward_path=rm_path, iterations=3, eval_every=0,
+                                eval_n=2, ckpt_every=0, device=device, quiet=True)
+        _, _, history = ppo.train(ppo_cfg)
+    rows = [h for h in history if "time/update_s" in h][1:]  # the first iteration warms up
+    return {k: sum(h[f"time/{k}_s"] for h in rows) / len(rows) for k in ("generate", "score", "update")}
+
+
+def main(cfg):
+    seed_everything(cfg.seed)
+    device = str(get_device(cfg.device or None))
+    model_cfg = GPTConfig(vocab_size=cfg.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                          n_head=cfg.n_head, n_embd=cfg.n_embd, rope=True)
+    n_params = GPT(model_cfg).num_params()
+    peak = matmul_peak(device)
+    ours, bare = training_step(cfg, model_cfg, device)
+    flops_per_token = 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    mfu = ours * flops_per_token / (peak * 1e9)
+    kv = {n: generation(model_cfg, device, n) for n in (64, 256)}
+    result = {"device": device, "threads": torch.get_num_threads(), "params": n_params,
+              "matmul_peak_gflops": round(peak, 1), "pretrain_tokens_per_s": round(ours),
+              "bare_tokens_per_s": round(bare), "loop_vs_bare": round(ours / bare, 3), "mfu_pretrain": round(mfu, 3),
+              "kv_speedup_64": round(kv[64][0] / kv[64][1], 2), "kv_speedup_256": round(kv[256][0] / kv[256][1], 2),
+              "rm_step_seconds": round(reward_step(model_cfg, device), 4),
+              "dpo_step_seconds": round(dpo_step(model_cfg, device), 4)}
+    phases = ppo_iteration(cfg, model_cfg, device)
+    result.update({"ppo_iter_seconds": round(sum(phases.values()), 3),
+                   **{f"ppo_{k}_seconds": round(v, 3) for k, v in phases.items()}})
+    rows = [("device", f"{device}, {result['threads']} threads"), ("model", f"{n_params / 1e6:.2f}M parameters"),
+            ("matmul peak", f"{peak:.1f} GFLOP/s"),
+            ("pretraining step, our loop", f"{ours:,.0f} tokens/s"), ("pretraining step, bare loop", f"{bare:,.0f} tokens/s"),
+            ("our loop / bare loop", f"{ours / bare:.3f}"), ("MFU, pretraining", f"{mfu:.1%}"),
+            ("generate 64 tokens, no cache / cache", f"{kv[64][0]:.2f}s / {kv[64][1]:.2f}s"),
+            ("generate 256 tokens, no cache / cache", f"{kv[256][0]:.2f}s / {kv[256][1]:.2f}s"),
+            ("reward-model step", f"{result['rm_step_seconds'] * 1000:.0f} ms"),
+            ("DPO step", f"{result['dpo_step_seconds'] * 1000:.0f} ms"),
+            ("PPO iteration: generate / score / update", " / ".join(f"{phases[k]:.2f}s" for k in phases)
+             + f" = {sum(phases.values()):.2f}s" + ("" if cfg.run else " (random weights: 48-token answers)"))]
+    for name, value in rows:
+        print(f"{name:40} {value}")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main(cli(BenchConfig))
