@@ -51,7 +51,7 @@ class BenchConfig:
     steps: int = 20
     """timed training steps per measurement (after warm-up)"""
     repeats: int = 3
-    """rounds of each training measurement; the fastest counts"""
+    """rounds of the training measurement, our loop and the bare one alternating"""
     seed: int = 0
     run: str = ""
     """a run folder (e.g. runs/default) whose SFT and reward models the PPO timing uses (default: random weights)"""
@@ -83,41 +83,53 @@ def matmul_peak(device, n=2048):
 
 
 def training_step(cfg, model_cfg, device):
-    """tokens/s of our loop (common.fit) and of a bare loop, same model, same batch."""
+    """tokens/s of our loop (common.fit) and of a bare loop, same model, same batch.
+
+    Each is timed step by step (our loop: the time between two calls of its next_batch, i.e. one
+    whole step of fit), in rounds that alternate the two, and the MEDIAN step counts: on a shared
+    machine a noisy step is slower, never faster, and the median ignores it.
+    """
     x = torch.randint(0, model_cfg.vocab_size, (cfg.batch_size, cfg.block_size))
     y = torch.randint(0, model_cfg.vocab_size, (cfg.batch_size, cfg.block_size))
     tokens = x.numel()
-
-    # bare: forward, loss, backward, step; nothing else
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     xd, yd = x.to(device), y.to(device)
 
-    def bare():
-        logits, _ = model(xd)
-        F.cross_entropy(logits.flatten(0, 1), yd.flatten()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def bare_steps(n):  # forward, loss, backward, step; nothing else
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            logits, _ = model(xd)
+            F.cross_entropy(logits.flatten(0, 1), yd.flatten()).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        return times
 
-    # ours: common.fit with pretraining's batch and loss; two run lengths, so the difference is
-    # the cost of the extra steps alone (start-up and the final checkpoint cancel out)
-    def ours(steps):
+    def our_steps(n):  # common.fit with pretraining's batch and loss
         torch.manual_seed(cfg.seed)
-        model = GPT(model_cfg).to(device)
-        run = _FitConfig(max_steps=steps, device=device)
-        batch = {"input_ids": x, "targets": y, "n": y.numel(), "n_tokens": tokens}
+        stamps, batch = [], {"input_ids": x, "targets": y, "n": y.numel(), "n_tokens": tokens}
+
+        def next_batch(step):
+            sync(device)
+            stamps.append(time.perf_counter())
+            return [batch]
         loss_fn = lambda m, b: (lm_loss(m(b["input_ids"])[0], b["targets"], reduction="sum"), {})  # noqa: E731
         with tempfile.TemporaryDirectory() as out:
-            t0 = time.perf_counter()
-            fit(model, run, lambda step: [batch], loss_fn, os.path.join(out, "model.pt"))
-            return time.perf_counter() - t0
-    ours(2)  # warm-up
-    # the best of `repeats` rounds, bare and ours interleaved: the machine's noise (other processes,
-    # clock changes) only ever slows a round down, so the fastest round is the fairest comparison
-    bare_s = min(timed(bare, cfg.steps, device) for _ in range(cfg.repeats))
-    ours_s = min((ours(2 * cfg.steps) - ours(cfg.steps)) / cfg.steps for _ in range(cfg.repeats))
-    return tokens / ours_s, tokens / bare_s
+            fit(GPT(model_cfg).to(device), _FitConfig(max_steps=n + 1, device=device), next_batch, loss_fn,
+                os.path.join(out, "model.pt"))
+        return [b - a for a, b in zip(stamps, stamps[1:])]  # n whole steps
+
+    bare_steps(2), our_steps(2)  # warm-up
+    bare, ours = [], []
+    for _ in range(cfg.repeats):
+        bare += bare_steps(cfg.steps)
+        ours += our_steps(cfg.steps)
+    median = lambda times: sorted(times)[len(times) // 2]  # noqa: E731
+    return tokens / median(ours), tokens / median(bare)
 
 
 @dataclass
