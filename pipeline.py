@@ -5,7 +5,7 @@ Tokenizer -> base model (pretrain.py) -> SFT model (sft.py) -> preferences + rew
 -> PPO policy (ppo.py) and DPO policy (dpo.py) -> one evaluation of every model -> report card.
 
   python pipeline.py                   # CPU default into runs/default/ (see the README for the time)
-  python pipeline.py --quick           # a smoke run of every stage, under 2 minutes on 2 cores
+  python pipeline.py --quick           # a smoke run of every stage, 12 s on 2 cores
   python pipeline.py --preset gpu      # larger models and data, for one GPU
   python pipeline.py --name exp1       # another run folder: runs/exp1/
   python pipeline.py --fresh           # delete the run folder and start over

@@ -5,7 +5,7 @@ A base model continues text; after SFT on instruction -> response pairs it answe
 next-token cross-entropy on the assistant's tokens and its end-of-turn token only (data.render_chat
 builds that mask); --mask-prompt false puts the loss on every token, for the classroom comparison.
 
-  python sft.py                              # built-in demonstrations, from <out_dir>/pretrain/model.pt
+  python sft.py                              # built-in demonstrations, from <out_dir>/pretrain/model.pt (3 min on 2 cores)
   python sft.py --data-file alpaca.json      # your Alpaca JSON, chat JSONL or prompt/completion JSONL
   python sft.py --mask-prompt false          # the masking-off experiment
 
