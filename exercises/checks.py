@@ -34,9 +34,8 @@ def num(t):  # a Python float of a 0-d tensor (or number), detached
     return float(torch.as_tensor(t).detach())
 
 
-def fmt(t):
-    return [[round(v, 4) for v in row] for row in torch.as_tensor(t, dtype=torch.float32).detach().tolist()] \
-        if torch.as_tensor(t).dim() == 2 else [round(v, 4) for v in torch.as_tensor(t, dtype=torch.float32).detach().tolist()]
+def fmt(t):  # a tensor as (nested) lists of numbers rounded to 4 places, for messages
+    return torch.as_tensor(t, dtype=torch.float32).detach().round(decimals=4).tolist()
 
 
 # ----------------------------------------------------------------------------- masking (data.collate)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from model import (GPT, IGNORE_INDEX, GPTConfig, causal_mask, filter_logits, generate, get_device,
-                   load_checkpoint, lm_loss, logprobs, save_checkpoint)
+                   load_checkpoint, lm_loss, logprobs, sample_from, save_checkpoint)
 
 CFG = GPTConfig(vocab_size=50, block_size=64, n_layer=2, n_head=2, n_embd=32)
 
@@ -158,3 +158,15 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path, model):
 
 def test_get_device_override():
     assert get_device("cpu").type == "cpu"
+
+
+def test_sample_from_follows_the_distribution_and_never_picks_a_zero():
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3]]).expand(20_000, 4)
+    draws = sample_from(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    assert torch.allclose(freq, torch.tensor([0.1, 0.0, 0.6, 0.3]), atol=0.015)
+    assert (draws != 1).all()  # a filtered token (probability 0) is never drawn
+    # the same generator seed draws the same tokens
+    assert torch.equal(draws, sample_from(probs, torch.Generator().manual_seed(0)))
+    # a row whose cumulative sum rounds below 1 still gets a valid token
+    assert sample_from(torch.tensor([[0.5, 0.4999]]), torch.Generator().manual_seed(1)).item() in (0, 1)
