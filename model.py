@@ -298,7 +298,6 @@ class Generation:
     logprobs: torch.Tensor = None  # (B, N) logprob of each sampled token (0 after a stop)
 
 
-@torch.no_grad()  # not inference_mode: PPO later backpropagates through logprobs of these tokens
 def sample_from(probs, generator=None):
     """One token per row of probs (B, V), drawn by inverse CDF: the first token whose cumulative
     probability exceeds a uniform draw u. One random number per row; torch.multinomial draws one
@@ -308,6 +307,7 @@ def sample_from(probs, generator=None):
     return token.clamp(max=probs.size(-1) - 1)  # u just below 1 against a cumsum rounded below 1
 
 
+@torch.no_grad()  # not inference_mode: PPO later backpropagates through logprobs of these tokens
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
              stop_id=None, pad_id=0, use_cache=True, return_logprobs=False, generator=None):
     """Sample continuations of a batch of prompts (lists of token ids of any lengths).
