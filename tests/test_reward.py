@@ -14,8 +14,8 @@ import pretrain
 import reward
 import sft
 import tasks
-from data import Tokenizer, load_preferences_jsonl, write_preferences_jsonl
-from model import GPT, GPTConfig
+from data import Tokenizer, encode_content, load_preferences_jsonl, write_preferences_jsonl
+from model import GPT, GPTConfig, logprobs
 from reward import (RewardConfig, RewardModel, bradley_terry_loss, evaluate_reward, last_token_index,
                     load_reward_model, modelfree_preferences, normalise, pad, policy_preferences, score)
 
@@ -29,10 +29,10 @@ def tok():
     return Tokenizer.train(text, vocab_size=300)
 
 
-def tiny_rm(tok, rope=False, seed=0):
+def tiny_rm(tok, rope=False, seed=0, likelihood=False):
     torch.manual_seed(seed)
     gpt = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32, rope=rope))
-    return RewardModel(gpt).eval()
+    return RewardModel(gpt, tok.assistant_id if likelihood else None).eval()
 
 
 # ----------------------------------------------------------------------------- the loss
@@ -69,9 +69,10 @@ def test_last_token_index():
         last_token_index(torch.tensor([[0, 0]]))
 
 
+@pytest.mark.parametrize("likelihood", [False, True], ids=["head", "head+likelihood"])
 @pytest.mark.parametrize("rope", [False, True], ids=["learned-pos", "rope"])
-def test_score_is_read_at_the_last_real_token_whatever_the_padding(tok, rope):
-    rm = tiny_rm(tok, rope)
+def test_score_is_read_at_the_last_real_token_whatever_the_padding(tok, rope, likelihood):
+    rm = tiny_rm(tok, rope, likelihood=likelihood)
     prompt = [{"role": "user", "content": "Name two fruits."}]
     rows = [reward.render_scored(tok, prompt, r, 64) for r in ["fig", "I like apple and banana", "kiwi and pear"]]
     with torch.no_grad():
@@ -87,6 +88,28 @@ def test_score_is_read_at_the_last_real_token_whatever_the_padding(tok, rope):
         assert (ids[torch.arange(3), last] == tok.end_id).all()
         ids[0, last[0]] = tok.user_id
         assert not torch.isclose(rm(ids, mask)[0], alone[0])
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_likelihood_term_is_the_answers_logprob_under_the_trunk(tok, side):
+    rm = tiny_rm(tok, likelihood=True)
+    prompt = [{"role": "user", "content": "Name two fruits."}]
+    answers = ["fig", "I like apple and banana", "kiwi and pear"]
+    rows = [reward.render_scored(tok, prompt, a, 64) for a in answers]
+    ids, mask = pad(rows, tok.pad_id, side)
+    with torch.no_grad():
+        hidden = rm.gpt.hidden_states(ids, mask)
+        got = rm.answer_logprob(ids, mask, hidden)
+        for b, (row, answer) in enumerate(zip(rows, answers)):  # by hand: each row alone, its answer tokens
+            token_lp = logprobs(rm.gpt, torch.tensor([row]))[0]  # entry t scores token t+1
+            n_answer = len(encode_content(tok, answer)) + 1  # the answer and its <|end|>
+            assert got[b].item() == pytest.approx(token_lp[-n_answer:].sum().item(), abs=1e-4)
+        head_only = rm.head(hidden[torch.arange(3), last_token_index(mask)]).squeeze(-1)
+        rm.likelihood_weight.fill_(0.5)
+        assert torch.allclose(rm.raw_scores(ids, mask), head_only + 0.5 * got, atol=1e-5)
+    # without the <|assistant|> id there is no likelihood term, and its weight cannot train
+    plain = tiny_rm(tok)
+    assert plain.likelihood_weight.item() == 0.0 and not plain.likelihood_weight.requires_grad
 
 
 def test_normalise_gives_mean_0_std_1(tok):
