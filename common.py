@@ -130,7 +130,7 @@ def fit(model, cfg, next_batch, loss_fn, ckpt_path, evaluate=None, extra=None, n
     """The training loop shared by pretrain, SFT, the reward model and DPO.
 
     cfg needs: max_steps, lr, warmup_steps, min_lr_frac, weight_decay, grad_clip, log_every,
-    eval_every, ckpt_every, device, resume (and optionally quiet).
+    eval_every, ckpt_every, device, resume (and optionally quiet, compile).
     next_batch(step) -> list of micro-batches (gradient accumulation), each a dict of tensors with
         "n" (how many items its loss sums over: tokens, pairs) and "n_tokens" (input tokens, for
         the throughput figure). Being a function of the step makes a resumed run see the same data.
@@ -142,6 +142,9 @@ def fit(model, cfg, next_batch, loss_fn, ckpt_path, evaluate=None, extra=None, n
     """
     device = cfg.device
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device=device)
+    # --compile: the training steps run a compiled wrapper that shares the model's parameters;
+    # evaluation and checkpoints use the model itself (the wrapper's state_dict keys gain "_orig_mod.")
+    step_model = torch.compile(model) if getattr(cfg, "compile", False) else model
     start_step = 0
     if cfg.resume and os.path.exists(ckpt_path):
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
@@ -174,7 +177,7 @@ def fit(model, cfg, next_batch, loss_fn, ckpt_path, evaluate=None, extra=None, n
             for mb in micro_batches:
                 mb = {k: v.to(device) if torch.is_tensor(v) else v for k, v in mb.items()}
                 with autocast(device):
-                    loss_sum, metrics = loss_fn(model, mb)
+                    loss_sum, metrics = loss_fn(step_model, mb)
                 (loss_sum / max(n_total, 1.0)).backward()
                 for k, v in {"loss": loss_sum, **metrics}.items():
                     sums[k] = sums.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)  # no sync here

@@ -131,6 +131,8 @@ class RewardConfig:
     """continue from <out_dir>/reward/model.pt"""
     quiet: bool = False
     """no progress lines"""
+    compile: bool = False
+    """torch.compile the model for the training steps (pays off on a GPU; on a CPU the compile takes a minute)"""
 
 
 # -----------------------------------------------------------------------------

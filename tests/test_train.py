@@ -122,3 +122,20 @@ def test_length_grouped_batches_pad_less_and_repeat_exactly():
     # padding: a batch costs batch_size * its longest example
     padded = lambda group: sum(max(lengths[i] for i in batch(group, k)) for k in range(64))  # noqa: E731
     assert padded(16) < 0.75 * padded(1)
+
+
+def test_compiled_training_matches_eager_and_saves_plain_keys(tmp_path, monkeypatch):
+    # --compile trains through torch.compile's wrapper; the checkpoint must be the model's own
+    # state_dict (no "_orig_mod." keys) and the steps must compute what eager steps compute
+    compiled_modules, real_compile = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled_modules.append(module) or
+                        real_compile(module, **kw))
+    eager, _, _ = tiny_pretrain(tmp_path / "eager", max_steps=3)
+    assert compiled_modules == []
+    compiled, _, _ = tiny_pretrain(tmp_path / "compiled", max_steps=3, compile=True)
+    assert compiled_modules == [compiled]
+    saved, _ = load_checkpoint(os.path.join(tmp_path, "compiled", "pretrain", "model.pt"))
+    for (name, p_eager), (_, p_compiled), (_, p_saved) in zip(
+            eager.named_parameters(), compiled.named_parameters(), saved.named_parameters()):
+        assert torch.allclose(p_eager, p_compiled, atol=1e-4), name
+        assert torch.equal(p_compiled, p_saved), name
