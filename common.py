@@ -8,6 +8,7 @@ common.py: the training plumbing every stage shares, written once.
   fit                the training loop of pretrain, SFT, reward model and DPO: schedule, gradient
                      accumulation, clipping, progress line, metrics file, periodic evaluation,
                      checkpoints, Ctrl-C saves a checkpoint, --resume continues
+  setup_distributed  rank, world size and device of a `torchrun` launch (rank 0 of 1 otherwise)
 
 A stage file keeps its algorithm (data, loss) and hands the loop to `fit`. PPO has a loop of its
 own (rollouts, then several epochs over them) and uses the smaller pieces.
@@ -22,9 +23,12 @@ import math
 import os
 import random
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import autocast, get_device, load_state, save_checkpoint
 
@@ -74,6 +78,55 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def setup_distributed(device=""):
+    """(rank, world_size, device) of this process: its place in a `torchrun` launch, else (0, 1, device).
+
+    torchrun starts one process per GPU (or CPU slot) and sets RANK, WORLD_SIZE and LOCAL_RANK in each;
+    here they join one process group: NCCL between GPUs, gloo between CPU processes. A plain
+    `python stage.py` sets none of them and stays a single process with no process group.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1, str(get_device(device or None))
+    cuda = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type == "cuda"
+    if cuda:  # one GPU per process: the LOCAL_RANK-th of this node
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device if cuda else "cpu"
+
+
+def rank_and_world_size():
+    """(rank, world_size): (0, 1) without a process group."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def barrier():
+    """Wait for every rank (a no-op in a single process)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor):
+    """Sum a tensor over the ranks, in place, and return it (unchanged in a single process)."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_gradients(model):
+    """Average the gradients over the ranks: what DDP does inside backward(), for PPO's own loop."""
+    if dist.is_initialized():
+        for p in model.parameters():
+            if p.grad is not None:
+                all_reduce_sum(p.grad).div_(dist.get_world_size())
+
+
+def cleanup_distributed():
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def make_optimizer(model, lr, weight_decay=0.1, betas=(0.9, 0.95), device="cpu"):
@@ -139,12 +192,15 @@ def fit(model, cfg, next_batch, loss_fn, ckpt_path, evaluate=None, extra=None, n
     by the number of supervised items of the whole step, not averaged per micro-batch.
     Writes ckpt_path (with "step", "optimizer", "finished" and `extra`) every ckpt_every steps,
     at the end, and on Ctrl-C. Returns the history: a list of metric dicts.
+
+    Under torchrun (see setup_distributed) the model is wrapped in DistributedDataParallel and
+    rank r trains on micro-batches r, r + W, r + 2W, ... of each step (W ranks): the global batch
+    is the same as one process's, so W must divide the number of micro-batches. Only rank 0
+    evaluates, logs and writes checkpoints.
     """
     device = cfg.device
+    rank, world_size = rank_and_world_size()
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device=device)
-    # --compile: the training steps run a compiled wrapper that shares the model's parameters;
-    # evaluation and checkpoints use the model itself (the wrapper's state_dict keys gain "_orig_mod.")
-    step_model = torch.compile(model) if getattr(cfg, "compile", False) else model
     start_step = 0
     if cfg.resume and os.path.exists(ckpt_path):
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
@@ -152,12 +208,21 @@ def fit(model, cfg, next_batch, loss_fn, ckpt_path, evaluate=None, extra=None, n
         optimizer.load_state_dict(ckpt["optimizer"])
         start_step = ckpt["step"]
         print(f"resuming {ckpt_path} from step {start_step}")
+    # DDP: rank 0's parameters are copied to every rank, and backward() averages the gradients over
+    # the ranks (an all-reduce overlapped with the backward pass)
+    ddp = DDP(model, device_ids=[torch.device(device)] if "cuda" in device else None) if world_size > 1 else None
+    # --compile: the training steps run a compiled wrapper that shares the model's parameters;
+    # evaluation and checkpoints use the model itself (the wrapper's state_dict keys gain "_orig_mod.")
+    step_model = torch.compile(ddp or model) if getattr(cfg, "compile", False) else (ddp or model)
     metrics_path = os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), "metrics.jsonl")
-    if start_step == 0 and os.path.exists(metrics_path):
+    if rank == 0 and start_step == 0 and os.path.exists(metrics_path):
         os.remove(metrics_path)
-    progress = Progress(cfg.max_steps, metrics_path, name, verbose=not getattr(cfg, "quiet", False))
+    progress = Progress(cfg.max_steps, metrics_path if rank == 0 else None, name,
+                        verbose=rank == 0 and not getattr(cfg, "quiet", False))
 
     def save(step, finished=False):
+        if rank != 0:  # the ranks hold the same weights: one writes
+            return
         save_checkpoint(ckpt_path, model, {"step": step, "optimizer": optimizer.state_dict(),
                                            "finished": finished, **(extra or {})})
 
@@ -167,18 +232,28 @@ def fit(model, cfg, next_batch, loss_fn, ckpt_path, evaluate=None, extra=None, n
             lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0 and step > start_step:
+            # only rank 0 evaluates; the other ranks wait for it at the next gradient all-reduce
+            if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0 and step > start_step \
+                    and rank == 0:
                 model.eval()
                 progress.log(step, evaluate(model))
             model.train()
             micro_batches = next_batch(step)
-            n_total = sum(float(mb["n"]) for mb in micro_batches)
+            n_total = sum(float(mb["n"]) for mb in micro_batches)  # of the whole step, all ranks together
+            if len(micro_batches) % world_size:
+                raise ValueError(f"{len(micro_batches)} micro-batches per step do not split over {world_size} "
+                                 "ranks: set --grad-accum to a multiple of the number of processes")
+            my_micro_batches = micro_batches[rank::world_size]  # this rank's shard of the step
             sums = {}
-            for mb in micro_batches:
+            for i, mb in enumerate(my_micro_batches):
                 mb = {k: v.to(device) if torch.is_tensor(v) else v for k, v in mb.items()}
-                with autocast(device):
-                    loss_sum, metrics = loss_fn(step_model, mb)
-                (loss_sum / max(n_total, 1.0)).backward()
+                last = i == len(my_micro_batches) - 1
+                # DDP all-reduces the gradients in the last micro-batch's backward only (no_sync before)
+                with ddp.no_sync() if ddp is not None and not last else nullcontext():
+                    with autocast(device):
+                        loss_sum, metrics = loss_fn(step_model, mb)
+                    # x world_size: DDP averages over the ranks, and the step's loss is a SUM over them
+                    (loss_sum * world_size / max(n_total, 1.0)).backward()
                 for k, v in {"loss": loss_sum, **metrics}.items():
                     sums[k] = sums.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)  # no sync here
                 tokens_seen += int(mb["n_tokens"])
@@ -188,6 +263,10 @@ def fit(model, cfg, next_batch, loss_fn, ckpt_path, evaluate=None, extra=None, n
             optimizer.zero_grad(set_to_none=True)
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
                 now = time.time()
+                if world_size > 1:  # the sums and the token count of every rank
+                    sums = {k: all_reduce_sum(torch.as_tensor(v, dtype=torch.float64, device=device))
+                            for k, v in sums.items()}
+                    tokens_seen = int(all_reduce_sum(torch.tensor(tokens_seen, device=device)))
                 line = {k: float(v) / max(n_total, 1.0) for k, v in sums.items()}
                 line.update(lr=lr, grad_norm=float(grad_norm) if cfg.grad_clip > 0 else 0.0)
                 progress.log(step + 1, line, tokens_seen / (now - t_last), step + 1 - start_step)
@@ -196,10 +275,12 @@ def fit(model, cfg, next_batch, loss_fn, ckpt_path, evaluate=None, extra=None, n
                 save(step + 1)
     except KeyboardInterrupt:
         save(step)  # the state after the last completed step; --resume continues from it
-        print(f"\ninterrupted: checkpoint saved to {ckpt_path} at step {step}; --resume continues")
+        if rank == 0:
+            print(f"\ninterrupted: checkpoint saved to {ckpt_path} at step {step}; --resume continues")
         raise
-    if evaluate is not None:
+    if evaluate is not None and rank == 0:
         model.eval()
         progress.log(cfg.max_steps, evaluate(model))
     save(cfg.max_steps, finished=True)
+    barrier()  # the finished checkpoint exists for every rank
     return progress.history

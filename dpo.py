@@ -45,9 +45,9 @@ import torch.nn.functional as F
 import reward
 import sft
 import tasks
-from common import cli, fit, seed_everything
+from common import barrier, cleanup_distributed, cli, fit, seed_everything, setup_distributed
 from data import Tokenizer, collate, load_preferences_jsonl, render_chat
-from model import IGNORE_INDEX, autocast, get_device, logprobs_from_logits
+from model import IGNORE_INDEX, autocast, logprobs_from_logits
 
 
 @dataclass
@@ -72,6 +72,8 @@ class DPOConfig:
     SFT 0.823 / 0.699, DPO 0.810 / 0.757, DPO + NLL 0.830 / 0.785"""
     batch_size: int = 32
     """preference pairs per optimizer step"""
+    grad_accum: int = 1
+    """micro-batches the step's pairs are split into (under torchrun: a multiple of the processes)"""
     epochs: float = 1.0
     """passes over the training pairs"""
     max_steps: int = 0
@@ -263,8 +265,8 @@ def print_comparison(results, splits):
 def train(cfg):
     """DPO from the SFT model on preference pairs. Returns (policy, tokenizer, history)."""
     t0 = time.time()
-    seed_everything(cfg.seed)
-    cfg.device = str(get_device(cfg.device or None))
+    rank, _, cfg.device = setup_distributed(cfg.device)  # (0, 1, device) unless run by torchrun
+    seed_everything(cfg.seed + rank)
     tok = Tokenizer.load(os.path.join(cfg.out_dir, "tokenizer"))
     init = cfg.init or os.path.join(cfg.out_dir, "sft", "model.pt")
     ref = reward.load_sft_policy(init, cfg.device)  # frozen: never trained, dropout off
@@ -272,12 +274,14 @@ def train(cfg):
     policy = reward.load_sft_policy(init, cfg.device)  # the policy starts equal to the reference
     max_len = min(cfg.max_len, policy.config.block_size)
 
-    train_pairs, heldout_pairs = load_pairs(cfg, ref, tok)
+    pairs = load_pairs(cfg, ref, tok) if rank == 0 else None
+    barrier()  # under torchrun rank 0 makes and writes the pairs (if absent); the others then read them
+    train_pairs, heldout_pairs = pairs or load_pairs(cfg, ref, tok)
     train_examples, heldout_examples = tokenize_pairs(tok, train_pairs), tokenize_pairs(tok, heldout_pairs)
     # computed once: (chosen, rejected) sequence logprobs of the frozen reference
     ref_train = pair_logprobs(ref, train_examples, tok.pad_id, max_len, cfg.score_batch_size)
     ref_heldout = pair_logprobs(ref, heldout_examples, tok.pad_id, max_len, cfg.score_batch_size)
-    if not cfg.quiet:
+    if not cfg.quiet and rank == 0:
         print(f"dpo: {len(train_pairs)} train pairs, {len(heldout_pairs)} held out; reference logprobs "
               f"computed ({time.time() - t0:.0f}s)")
     if not cfg.max_steps:
@@ -286,11 +290,15 @@ def train(cfg):
     def next_batch(step):  # a function of the step: a resumed run sees the same batches
         epoch, start = divmod(step * cfg.batch_size, len(train_examples))
         order = torch.randperm(len(train_examples), generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        picks = [order[i % len(train_examples)].item() for i in range(start, start + cfg.batch_size)]
-        batch = collate_pairs([train_examples[i] for i in picks], tok.pad_id, max_len)
-        return [{"input_ids": batch["input_ids"], "targets": batch["targets"],
-                 "ref_chosen": ref_train[0][picks], "ref_rejected": ref_train[1][picks],
-                 "n": len(picks), "n_tokens": batch["attention_mask"].sum()}]
+        step_picks = [order[i % len(train_examples)].item() for i in range(start, start + cfg.batch_size)]
+        batches = []
+        for k in range(cfg.grad_accum):  # the step's pairs in grad_accum micro-batches
+            picks = step_picks[k::cfg.grad_accum]
+            batch = collate_pairs([train_examples[i] for i in picks], tok.pad_id, max_len)
+            batches.append({"input_ids": batch["input_ids"], "targets": batch["targets"],
+                            "ref_chosen": ref_train[0][picks], "ref_rejected": ref_train[1][picks],
+                            "n": len(picks), "n_tokens": batch["attention_mask"].sum()})
+        return batches
 
     def loss_fn(model, batch):
         policy_chosen, policy_rejected = concatenated_logprobs(model, batch)  # (B,) each
@@ -327,6 +335,8 @@ def train(cfg):
     ckpt_path = os.path.join(cfg.out_dir, "dpo", "model.pt")
     history = fit(policy, cfg, next_batch, loss_fn, ckpt_path, evaluate if cfg.eval_every else None,
                   extra={"stage_config": asdict(cfg)}, name="dpo | ")
+    if rank != 0:  # the final evaluation and eval.json: rank 0's
+        return policy, tok, history
 
     results = heldout_metrics(policy)  # next to the reference's logprobs: did the chosen ones fall too?
     results.update({"heldout/ref_logp_chosen": ref_heldout[0].mean().item(),
@@ -351,3 +361,4 @@ def train(cfg):
 
 if __name__ == "__main__":
     train(cli(DPOConfig))
+    cleanup_distributed()

@@ -81,9 +81,10 @@ import torch.nn.functional as F
 
 import sft
 import tasks
-from common import Progress, cli, format_seconds, lr_at, make_optimizer, seed_everything
+from common import (Progress, all_reduce_gradients, all_reduce_sum, cleanup_distributed, cli, format_seconds, lr_at,
+                    make_optimizer, seed_everything, setup_distributed)
 from data import Tokenizer, decode_content, render_prompt
-from model import autocast, generate, get_device, load_state, logprobs_from_logits, save_checkpoint
+from model import autocast, generate, load_state, logprobs_from_logits, save_checkpoint
 from reward import RewardModel, last_token_index, load_reward_model, load_sft_policy
 
 
@@ -160,23 +161,30 @@ class PPOConfig:
 # The math: pure tensor functions. B answers, T response tokens (right-padded), mask 1 on real ones.
 
 
-def masked_mean(values, mask):
-    """Mean of values (B, T) over the positions where mask (B, T) is 1."""
+def masked_mean(values, mask, all_ranks=False):
+    """Mean of values (B, T) over the positions where mask (B, T) is 1.
+
+    all_ranks: over every torchrun rank's batch (sum and count all-reduced; no gradient flows).
+    """
+    if all_ranks and torch.distributed.is_initialized():
+        total = all_reduce_sum(torch.stack([(values * mask).sum(), mask.sum()]).detach().double())
+        return (total[0] / total[1].clamp(min=1)).to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def masked_var(values, mask):
+def masked_var(values, mask, all_ranks=False):
     """Variance of values (B, T) over the positions where mask (B, T) is 1."""
-    return masked_mean((values - masked_mean(values, mask)) ** 2, mask)
+    return masked_mean((values - masked_mean(values, mask, all_ranks)) ** 2, mask, all_ranks)
 
 
-def masked_whiten(values, mask, shift_mean=True):
+def masked_whiten(values, mask, shift_mean=True, all_ranks=False):
     """(values - mean) / std over the valid tokens, pads set to 0. (B, T) -> (B, T). [10]
 
     shift_mean=False adds the mean back: a new scale, the same mean (N+ reward whitening).
+    all_ranks: the mean and std of every torchrun rank's rollouts, as if one process had made them all.
     """
-    mean = masked_mean(values, mask)
-    whitened = (values - mean) * torch.rsqrt(masked_var(values, mask) + 1e-8)
+    mean = masked_mean(values, mask, all_ranks)
+    whitened = (values - mean) * torch.rsqrt(masked_var(values, mask, all_ranks) + 1e-8)
     return (whitened if shift_mean else whitened + mean) * mask
 
 
@@ -362,9 +370,11 @@ def train(cfg, reward_model=None):
     <out_dir>/reward/model.pt (the tests pass a rule-based reward; so can a notebook).
     """
     t0 = time.time()
-    seed_everything(cfg.seed)
-    cfg.device = device = str(get_device(cfg.device or None))
-    say = (lambda *a: None) if cfg.quiet else functools.partial(print, flush=True)
+    # under torchrun each rank makes its own rollouts and the gradients are averaged over the ranks
+    rank, world_size, cfg.device = setup_distributed(cfg.device)
+    device = cfg.device
+    seed_everything(cfg.seed)  # the same on every rank: the critic's fresh head starts equal everywhere
+    say = (lambda *a: None) if cfg.quiet or rank != 0 else functools.partial(print, flush=True)
     tok = Tokenizer.load(os.path.join(cfg.out_dir, "tokenizer"))
     sft_path = cfg.sft_path or os.path.join(cfg.out_dir, "sft", "model.pt")
     policy = load_sft_policy(sft_path, device)  # [1]
@@ -391,11 +401,13 @@ def train(cfg, reward_model=None):
         start, kl_ctl.value = ckpt["step"], ckpt["kl_coef"]
         say(f"resuming {ckpt_path} from iteration {start}")
     metrics_path = os.path.join(cfg.out_dir, "ppo", "metrics.jsonl")
-    if start == 0 and os.path.exists(metrics_path):
+    if rank == 0 and start == 0 and os.path.exists(metrics_path):
         os.remove(metrics_path)
-    progress = Progress(cfg.iterations, metrics_path, "ppo | ", verbose=not cfg.quiet)
+    progress = Progress(cfg.iterations, metrics_path if rank == 0 else None, "ppo | ", verbose=not cfg.quiet)
 
     def save(iteration, finished=False, results=None):
+        if rank != 0:
+            return
         save_checkpoint(ckpt_path, policy, {  # the policy, plus what --resume needs
             "step": iteration, "finished": finished, "kl_coef": kl_ctl.value, "stage_config": asdict(cfg),
             "optimizer": policy_opt.state_dict(), "critic": critic.state_dict(),
@@ -404,7 +416,7 @@ def train(cfg, reward_model=None):
     it, t_loop = start, time.time()
     try:
         for it in range(start, cfg.iterations):
-            if cfg.eval_every and it % cfg.eval_every == 0:
+            if cfg.eval_every and it % cfg.eval_every == 0 and rank == 0:
                 results = evaluate(policy, ref_policy, rm, tok, sets, cfg)  # greedy [18]
                 progress.log(it, {f"eval/{k}": v for k, v in results.items()}, print_line=False)
                 say(f"ppo | eval at {it} | " + " | ".join(f"{k} {results[k]:.3f}" for k in (
@@ -414,9 +426,10 @@ def train(cfg, reward_model=None):
                 group["lr"] = lr
 
             # 1. rollouts: a fresh batch of train-split prompts, one sampled answer each
-            examples = tasks.make_examples(world, "train", cfg.rollout_batch, seed=cfg.seed * 1000 + it)
+            rank_seed = 1_000_003 * rank  # each rank its own prompts and samples (0: one process's)
+            examples = tasks.make_examples(world, "train", cfg.rollout_batch, seed=cfg.seed * 1000 + it + rank_seed)
             batch = rollout(policy, ref_policy, critic, rm, tok, examples, cfg,
-                            torch.Generator(device=device).manual_seed(cfg.seed + it))
+                            torch.Generator(device=device).manual_seed(cfg.seed + it + rank_seed))
             ids, mask, P = batch["ids"], batch["attention_mask"], batch["prompt_width"]  # (B, P + N), (B, P + N), P
             response_mask = batch["response_mask"]  # (B, N)
 
@@ -424,9 +437,9 @@ def train(cfg, reward_model=None):
             rewards, non_score_rewards = kl_penalty_rewards(batch["logprobs"], batch["ref_logprobs"],
                                                             batch["scores"], response_mask, kl_ctl.value)  # [8]
             if cfg.whiten_rewards:
-                rewards = masked_whiten(rewards, response_mask, shift_mean=False)  # [10]
+                rewards = masked_whiten(rewards, response_mask, shift_mean=False, all_ranks=True)  # [10]
             advantages, returns = gae(rewards, batch["values"], response_mask, cfg.gamma, cfg.lam)  # [9]
-            advantages = masked_whiten(advantages, response_mask)  # [10]
+            advantages = masked_whiten(advantages, response_mask, all_ranks=True)  # [10]
 
             # 3. ppo_epochs passes over shuffled minibatches [14]
             t_update = time.perf_counter()
@@ -444,6 +457,7 @@ def train(cfg, reward_model=None):
                                                       response_mask[mb], cfg.cliprange_value)  # [12]
                     (pg_loss + cfg.vf_coef * vf_loss).backward()  # no entropy bonus [13]
                     for model, opt in ((policy, policy_opt), (critic, critic_opt)):
+                        all_reduce_gradients(model)  # the mean over the ranks (a no-op in one process)
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)  # [16]
                         opt.step()
                         opt.zero_grad(set_to_none=True)
@@ -457,7 +471,8 @@ def train(cfg, reward_model=None):
             seconds_update = time.perf_counter() - t_update
 
             # 4. bookkeeping: the KL controller, one record per iteration [17]
-            kl = ((batch["logprobs"] - batch["ref_logprobs"]) * response_mask).sum(1).mean().item()  # nats/answer
+            kl = ((batch["logprobs"] - batch["ref_logprobs"]) * response_mask).sum(1).mean()  # nats/answer
+            kl = all_reduce_sum(kl.detach().float()).item() / world_size  # one KL coefficient on every rank
             ended = batch["ended"]
             metrics = {"score": batch["scores"].mean(), "gold": batch["gold"].mean(),  # the truth, for us only
                        "rm_score": batch["rm_scores"][ended].mean() if ended.any() else math.nan,  # ended ones
@@ -481,9 +496,12 @@ def train(cfg, reward_model=None):
                 save(it + 1)
     except KeyboardInterrupt:
         save(it)  # the state after the last completed iteration; --resume continues from it
-        print(f"\ninterrupted: checkpoint saved to {ckpt_path} at iteration {it}; --resume continues")
+        if rank == 0:
+            print(f"\ninterrupted: checkpoint saved to {ckpt_path} at iteration {it}; --resume continues")
         raise
 
+    if rank != 0:  # the final evaluation and checkpoint: rank 0's
+        return policy, tok, progress.history
     # 5. final evaluation: SFT and PPO, greedy and at the rollout temperature [18]
     results = {}
     for name, model in (("sft", ref_policy), ("ppo", policy)):
@@ -507,3 +525,4 @@ def train(cfg, reward_model=None):
 
 if __name__ == "__main__":
     train(cli(PPOConfig))
+    cleanup_distributed()

@@ -8,6 +8,7 @@ or your own UTF-8 text files with --text-files. Later stages start from its chec
   python pretrain.py                          # built-in corpus, CPU-sized defaults (about 6 min on 2 cores)
   python pretrain.py --text-files my_texts/   # your own .txt files
   python pretrain.py --resume                 # continue an interrupted run (Ctrl-C saves a checkpoint)
+  torchrun --nproc_per_node=4 pretrain.py --grad-accum 4   # 4 GPUs, each a quarter of every step's batch
 
 Writes <out_dir>/tokenizer/ (trained first if absent), <out_dir>/pretrain/model.pt and
 <out_dir>/pretrain/metrics.jsonl. Documents are joined into one token stream, each starting with
@@ -20,9 +21,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 import tasks
-from common import cli, fit, seed_everything
+from common import barrier, cleanup_distributed, cli, fit, seed_everything, setup_distributed
 from data import Tokenizer, encode_content, load_text
-from model import GPT, GPTConfig, autocast, get_device, lm_loss
+from model import GPT, GPTConfig, autocast, lm_loss
 
 
 @dataclass
@@ -119,17 +120,19 @@ def random_windows(stream, batch_size, block_size, generator):
 
 def train(cfg):
     """Tokenizer (if absent) + base model. Returns (model, tokenizer, history)."""
-    seed_everything(cfg.seed)
-    cfg.device = str(get_device(cfg.device or None))
+    rank, _, cfg.device = setup_distributed(cfg.device)  # (0, 1, device) unless run by torchrun
+    seed_everything(cfg.seed + rank)  # DDP copies rank 0's initial weights to the other ranks
     documents = corpus_documents(cfg)
-    tok = get_tokenizer(cfg, documents)
+    tok = get_tokenizer(cfg, documents) if rank == 0 else None
+    barrier()  # under torchrun the other ranks load the tokenizer rank 0 trained and saved
+    tok = tok or get_tokenizer(cfg, documents)
     # hold out every 20th document for the validation loss
     train_stream = tokenize_documents(tok, [d for i, d in enumerate(documents) if i % 20 != 19])
     val_stream = tokenize_documents(tok, [d for i, d in enumerate(documents) if i % 20 == 19] or documents[-1:])
     model_cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=cfg.block_size,
                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, rope=cfg.rope)
     model = GPT(model_cfg).to(cfg.device)
-    if not cfg.quiet:
+    if not cfg.quiet and rank == 0:
         print(f"corpus: {len(documents)} documents, {len(train_stream):,} train tokens, "
               f"{len(val_stream):,} val tokens | model: {model.num_params() / 1e6:.2f}M parameters")
 
@@ -162,3 +165,4 @@ def train(cfg):
 
 if __name__ == "__main__":
     train(cli(PretrainConfig))
+    cleanup_distributed()

@@ -52,10 +52,10 @@ import torch.nn.functional as F
 
 import sft
 import tasks
-from common import cli, fit, seed_everything
+from common import barrier, cleanup_distributed, cli, fit, seed_everything, setup_distributed
 from data import (Tokenizer, encode_content, load_preferences_jsonl, render_chat, truncate,
                   write_preferences_jsonl)
-from model import (GPT, GPTConfig, autocast, get_device, load_checkpoint, load_state, logprobs,
+from model import (GPT, GPTConfig, autocast, load_checkpoint, load_state, logprobs,
                    logprobs_from_logits, save_checkpoint)
 
 
@@ -95,6 +95,8 @@ class RewardConfig:
     """margin m in -log sigmoid(r_chosen - r_rejected - m) (Llama 2); 0 is plain Bradley-Terry"""
     batch_size: int = 16
     """prompts per optimizer step, each with all its comparisons"""
+    grad_accum: int = 1
+    """micro-batches the step's prompts are split into (under torchrun: a multiple of the processes)"""
     epochs: float = 2.0
     """passes over the training pairs (one or two: small data overfits)"""
     max_steps: int = 0
@@ -471,15 +473,19 @@ def fit_reward_model(rm, tok, pairs, cfg, ckpt_path, heldout=None, extra=None):
     def next_batch(step):
         epoch, start = divmod(step * cfg.batch_size, len(groups))
         order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        rows, chosen, rejected = [], [], []
-        for i in range(start, start + cfg.batch_size):  # wraps around within the epoch's order
-            group_rows, comparisons = groups[order[i % len(groups)].item()]
-            chosen += [len(rows) + c for c, _ in comparisons]
-            rejected += [len(rows) + r for _, r in comparisons]
-            rows += group_rows
-        ids, mask = pad(rows, tok.pad_id)  # chosen and rejected answers in ONE forward pass
-        return [{"input_ids": ids, "attention_mask": mask, "chosen": torch.tensor(chosen),
-                 "rejected": torch.tensor(rejected), "n": len(chosen), "n_tokens": mask.sum()}]
+        picks = [order[i % len(groups)].item() for i in range(start, start + cfg.batch_size)]  # wraps around
+        batches = []
+        for k in range(cfg.grad_accum):  # the step's prompts in grad_accum micro-batches
+            rows, chosen, rejected = [], [], []
+            for g in picks[k::cfg.grad_accum]:
+                group_rows, comparisons = groups[g]
+                chosen += [len(rows) + c for c, _ in comparisons]
+                rejected += [len(rows) + r for _, r in comparisons]
+                rows += group_rows
+            ids, mask = pad(rows, tok.pad_id)  # chosen and rejected answers in ONE forward pass
+            batches.append({"input_ids": ids, "attention_mask": mask, "chosen": torch.tensor(chosen),
+                            "rejected": torch.tensor(rejected), "n": len(chosen), "n_tokens": mask.sum()})
+        return batches
 
     def loss_fn(model, batch):
         scores = model(batch["input_ids"], batch["attention_mask"])  # (R,) one per distinct response
@@ -525,14 +531,20 @@ def preference_data(cfg, policy, tok, generator):
 def train(cfg):
     """Preferences, reward model, normalisation, evaluation. Returns (reward model, tokenizer, history)."""
     t0 = time.time()
-    seed_everything(cfg.seed)
-    cfg.device = str(get_device(cfg.device or None))
-    say = (lambda *a: None) if cfg.quiet else print
+    rank, _, cfg.device = setup_distributed(cfg.device)  # (0, 1, device) unless run by torchrun
+    seed_everything(cfg.seed + rank)
+    say = (lambda *a: None) if cfg.quiet or rank != 0 else print
     tok = Tokenizer.load(os.path.join(cfg.out_dir, "tokenizer"))
     policy = load_sft_policy(cfg.init or os.path.join(cfg.out_dir, "sft", "model.pt"), cfg.device)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
 
-    train_pairs, heldout_pairs = preference_data(cfg, policy, tok, generator)
+    if rank == 0:
+        train_pairs, heldout_pairs = preference_data(cfg, policy, tok, generator)
+    barrier()  # under torchrun rank 0 makes the pairs and writes them to <out_dir>/preferences/: the others read them
+    if rank != 0:
+        files = [os.path.join(cfg.out_dir, "preferences", f"{split}.jsonl") for split in ("train", "heldout")]
+        train_pairs, heldout_pairs = (preference_data(cfg, policy, tok, generator) if cfg.data_file
+                                      else [load_preferences_jsonl(f) for f in files])
     t_data = time.time()
     say(f"preferences: {len(train_pairs)} train pairs, {len(heldout_pairs)} held out ({time.time() - t0:.0f}s)")
     if "gold_chosen" in train_pairs[0]:
@@ -544,6 +556,8 @@ def train(cfg):
     ckpt_path = os.path.join(cfg.out_dir, "reward", "model.pt")
     history = fit_reward_model(rm, tok, train_pairs, cfg, ckpt_path, heldout_pairs if cfg.eval_every else None,
                                extra={"stage_config": asdict(cfg)})
+    if rank != 0:  # normalisation, evaluation and the final checkpoint: rank 0's
+        return rm, tok, history
 
     t_train = time.time()
     # normalisation on fresh SFT samples of train prompts (OAI; N+); unterminated ones are left out
@@ -581,3 +595,4 @@ def train(cfg):
 
 if __name__ == "__main__":
     train(cli(RewardConfig))
+    cleanup_distributed()

@@ -22,9 +22,9 @@ import torch
 
 import pretrain
 import tasks
-from common import cli, fit, seed_everything
+from common import cleanup_distributed, cli, fit, rank_and_world_size, seed_everything, setup_distributed
 from data import Tokenizer, collate, decode_content, load_sft_file, render_chat, render_prompt
-from model import autocast, generate, get_device, lm_loss, load_checkpoint, logprobs
+from model import autocast, generate, lm_loss, load_checkpoint, logprobs
 from pretrain import random_windows
 
 EVAL_SPLITS = ("test", "heldout_phrasing", "heldout_people", "heldout_task")
@@ -222,15 +222,15 @@ def replay_stream(tok, pretrain_ckpt):
 
 def train(cfg):
     """Instruction-tune the base model. Returns (model, tokenizer, history)."""
-    seed_everything(cfg.seed)
-    cfg.device = str(get_device(cfg.device or None))
+    rank, _, cfg.device = setup_distributed(cfg.device)  # (0, 1, device) unless run by torchrun
+    seed_everything(cfg.seed + rank)
     tok = Tokenizer.load(os.path.join(cfg.out_dir, "tokenizer"))
     model, ckpt = load_checkpoint(cfg.init or os.path.join(cfg.out_dir, "pretrain", "model.pt"), cfg.device)
     replay = replay_stream(tok, ckpt) if cfg.ptx_coef > 0 else None
     max_len = min(cfg.max_len, model.config.block_size)
     examples = [render_chat(tok, conv, mask_prompt=cfg.mask_prompt) for conv in sft_conversations(cfg)]
     n_cut = collate(examples, tok.pad_id, max_len)["n_truncated"]
-    if not cfg.quiet:
+    if not cfg.quiet and rank == 0:
         print(f"sft: {len(examples)} conversations, {n_cut} truncated to {max_len} tokens "
               f"(the start of their prompt was cut)")
 
@@ -275,5 +275,7 @@ def train(cfg):
 
 if __name__ == "__main__":
     t0 = time.time()
-    train(cli(SFTConfig))
-    print(f"sft finished in {time.time() - t0:.0f}s")
+    model, tok, history = train(cli(SFTConfig))
+    if rank_and_world_size()[0] == 0:
+        print(f"sft finished in {time.time() - t0:.0f}s")
+    cleanup_distributed()
