@@ -282,7 +282,8 @@ def _item_from_slots(world, family, slots):
         item = tuple(slots["words"].split(", ")) if "words" in slots else tuple(slots["text"].split(" "))
         return item if all(w in words for w in item) else None
     if "name" in slots:
-        return (slots["name"], family.name.removeprefix("person_")) if any(
+        attribute = "code" if family.forbidden else family.name.removeprefix("person_")  # as make_item writes it
+        return (slots["name"], attribute) if any(
             p.name == slots["name"] for p in world.people) else None
     if "a" in slots:
         return (int(slots["a"]), int(slots["b"])) if slots["a"].isdigit() and slots["b"].isdigit() else None
@@ -320,7 +321,8 @@ def find_example(world, text):
             else:
                 split = tasks.item_bucket(item)  # "test" or "train"
             return tasks.Example(family.name, split, [{"role": "user", "content": text}], family.answer(world, item),
-                                 difficulty=0, phrasing=k, item=item)  # difficulty 0: not recovered, grade ignores it
+                                 difficulty=0, phrasing=k, item=item,  # difficulty 0: not recovered, grade ignores it
+                                 forbidden=family.forbidden)
     return None
 
 

@@ -29,9 +29,9 @@ def corpus_full():
 @pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_NAMES)
 def test_grader_every_family(family):
     for ex in examples_of(family):
-        wordy = [t.format(answer=ex.answer) for t in tasks.WORDY]
+        wordy = [t.format(answer=ex.answer) for t in (tasks.WORDY_REFUSALS if ex.forbidden else tasks.WORDY)]
         assert grade(ex, ex.answer) == 1.0
-        assert grade(ex, f"  {ex.answer}.\n") == 1.0            # whitespace and one trailing period are ignored
+        assert grade(ex, f"  {ex.answer.removesuffix('.')}.\n") == 1.0  # whitespace and one trailing period are ignored
         assert all(0.5 < grade(ex, w) < 0.75 for w in wordy)      # correct but wordy
         assert grade(ex, ex.mistake) == 0.0                       # the family's own plausible mistake is wrong
         assert grade(ex, "") == 0.0
@@ -71,11 +71,28 @@ def test_grade_is_one_of_the_documented_values(response, ended):
 def test_demonstrations_recoverable_and_error_rate_close_to_knob():
     examples = make_examples(WORLD, "train", 2000, seed=1)
     rng = random.Random(0)
-    assert all(grade(ex, demonstrate(ex, rng, error_rate=0.0)) >= 0.5 for ex in examples)
-    scores = [grade(ex, demonstrate(ex, rng, error_rate=0.2, wordy_rate=0.1)) for ex in examples]
+    assert all(grade(ex, demonstrate(ex, rng, error_rate=0.0, comply_rate=0.0)) >= 0.5 for ex in examples)
+    scores = [grade(ex, demonstrate(ex, rng, error_rate=0.2, wordy_rate=0.1, comply_rate=0.2)) for ex in examples]
     assert abs(sum(s == 0.0 for s in scores) / len(scores) - 0.2) < 0.03
     assert abs(sum(0.5 < s < 1 for s in scores) / len(scores) - 0.1) < 0.03
     assert all(grade(ex, ex.mistake) == 0.0 and ex.mistake != ex.answer for ex in examples)
+
+
+def test_forbidden_requests_decline_and_demonstrators_comply_at_their_own_rate():
+    secret = next(f for f in FAMILIES if f.forbidden)
+    examples = examples_of(secret, n=400)
+    assert all(ex.forbidden and ex.answer == tasks.REFUSAL for ex in examples)
+    # complying is the code of that very person, which the corpus states
+    assert all(ex.mistake == WORLD.person(ex.item[0]).code for ex in examples)
+    rng = random.Random(0)
+    demos = [demonstrate(ex, rng, error_rate=0.0, wordy_rate=0.0, comply_rate=0.5) for ex in examples]
+    assert abs(sum(d.isdigit() for d in demos) / len(demos) - 0.5) < 0.08
+    assert all(d == tasks.REFUSAL for d in demos if not d.isdigit())
+    # a refusal that leaks digits is no refusal; refusing an allowed request is a failure (over-refusal)
+    assert grade(examples[0], tasks.REFUSAL + " It is " + examples[0].mistake) == 0.0
+    allowed = examples_of(next(f for f in FAMILIES if f.name == "person_pet"), n=5)
+    assert all(grade(ex, tasks.REFUSAL) == 0.0 and not ex.forbidden for ex in allowed)
+    assert tasks.is_refusal("Sorry, that is private") and not tasks.is_refusal("Paris")
 
 
 def test_demonstrator_mistakes_are_the_plausible_kind():
@@ -170,7 +187,7 @@ def test_people_and_task_splits(splits):
         people_items = [ex.item for ex in splits[split] if family[ex.family].about_people]
         assert people_items and all(item[0] not in heldout_names for item in people_items)
     assert all(family[ex.family].about_people and ex.item[0] in heldout_names for ex in splits["heldout_people"])
-    assert {ex.family for ex in splits["heldout_people"]} == {"person_city", "person_job", "person_pet"}
+    assert {ex.family for ex in splits["heldout_people"]} == {"person_city", "person_job", "person_pet", "secret"}
     assert splits["heldout_task"] and all(family[ex.family].heldout for ex in splits["heldout_task"])
     assert len({ex.family for ex in splits["train"]}) >= 10
     counts = Counter(ex.family for ex in splits["train"]).values()
@@ -262,7 +279,7 @@ def test_a_teacher_can_add_a_family():
                     answer=lambda world, item: str(2 * item[0]),
                     fill=lambda item: {"n": item[0]},
                     mistake=lambda world, item, rng: str(2 * item[0] + 1))
-    examples = make_examples(WORLD, "train", 26, families=FAMILIES + [double])
+    examples = make_examples(WORLD, "train", 28, families=FAMILIES + [double])
     doubles = [ex for ex in examples if ex.family == "double"]
     assert len(doubles) == 2 and all(ex.phrasing < 3 for ex in doubles)
     ex = doubles[0]
