@@ -297,7 +297,7 @@ def policy_preferences(model, tok, examples, labeler, k=4, temperature=1.0, max_
     answers = sft.respond(model, tok, [ex.messages for ex in examples for _ in range(k)],
                           temperature=temperature, max_new_tokens=max_new_tokens, batch_size=256,
                           generator=generator)
-    pairs = []
+    candidates = []  # (example, answer a, answer b): the comparisons to ask the labeler for
     for i, ex in enumerate(examples):
         texts = []
         for text, ended, _ in answers[i * k:(i + 1) * k]:
@@ -305,13 +305,20 @@ def policy_preferences(model, tok, examples, labeler, k=4, temperature=1.0, max_
                 texts.append(text)
         if demonstrations:
             texts += [text for text in dict.fromkeys((ex.answer, ex.mistake)) if text not in texts]
-        for a in range(len(texts)):  # all K-choose-2 pairs (InstructGPT section 3.5)
-            for b in range(a + 1, len(texts)):
-                first = labeler.prefers_first(ex, texts[a], texts[b])
-                if first is None:  # "equally good": no pair
-                    continue
-                chosen, rejected = (texts[a], texts[b]) if first else (texts[b], texts[a])
-                pairs.append(_pair(ex, chosen, rejected))
+        candidates += [(ex, texts[a], texts[b])  # all K-choose-2 pairs (InstructGPT section 3.5)
+                       for a in range(len(texts)) for b in range(a + 1, len(texts))]
+    return labelled_pairs(labeler, candidates)
+
+
+def labelled_pairs(labeler, candidates):
+    """Ask the labeler about every candidate (example, a, b) in one call, keep the decided ones.
+
+    labeler.label_pairs returns True (a is better), False (b is) or None ("equally good", or an AI
+    judge that could not decide): no pair then. tasks.Labeler and rlaif.AIJudge both answer it."""
+    pairs = []
+    for (ex, a, b), first in zip(candidates, labeler.label_pairs(candidates)):
+        if first is not None:
+            pairs.append(_pair(ex, a, b) if first else _pair(ex, b, a))
     return pairs
 
 
@@ -322,7 +329,7 @@ def modelfree_preferences(examples, rng):
     """
     pairs = []
     for ex in examples:
-        clean, wordy = tasks.demonstrate(ex, rng, 0.0, 0.0), tasks.demonstrate(ex, rng, 0.0, 1.0)
+        clean, wordy = tasks.demonstrate(ex, rng, 0.0, 0.0, 0.0), tasks.demonstrate(ex, rng, 0.0, 1.0, 0.0)
         pairs.append(_pair(ex, *rng.choice([(clean, ex.mistake), (wordy, ex.mistake), (clean, wordy)])))
     return pairs
 
@@ -501,8 +508,10 @@ def fit_reward_model(rm, tok, pairs, cfg, ckpt_path, heldout=None, extra=None):
                name="reward | ")
 
 
-def preference_data(cfg, policy, tok, generator):
-    """(train pairs, held-out pairs): the user's file, or the built-in world's, written to <out_dir>/preferences/."""
+def preference_data(cfg, policy, tok, generator, judge=None):
+    """(train pairs, held-out pairs): the user's file, or the built-in world's, written to <out_dir>/preferences/.
+    judge: a labeler to use instead of the simulated human (rlaif.AIJudge: RLAIF); it labels the
+    model-free pairs too, which are otherwise ordered by construction."""
     if cfg.data_file:
         pairs = load_preferences_jsonl(cfg.data_file)
         random.Random(cfg.seed).shuffle(pairs)
@@ -514,8 +523,10 @@ def preference_data(cfg, policy, tok, generator):
         examples = tasks.make_examples(world, "train", n, seed=seed)  # train-split prompts, not SFT's
         if cfg.model_free:
             pairs = modelfree_preferences(examples, random.Random(seed))
+            if judge is not None:
+                pairs = labelled_pairs(judge, [(ex, p["chosen"], p["rejected"]) for ex, p in zip(examples, pairs)])
         else:
-            labeler = tasks.Labeler(cfg.labeler_temperature, seed=seed, ties=cfg.labeler_ties)
+            labeler = judge or tasks.Labeler(cfg.labeler_temperature, seed=seed, ties=cfg.labeler_ties)
             pairs = policy_preferences(policy, tok, examples, labeler, cfg.samples_per_prompt,
                                        cfg.sample_temperature, cfg.max_new_tokens, generator,
                                        demonstrations=cfg.demonstrations and name == "train")
@@ -528,8 +539,9 @@ def preference_data(cfg, policy, tok, generator):
     return splits
 
 
-def train(cfg):
-    """Preferences, reward model, normalisation, evaluation. Returns (reward model, tokenizer, history)."""
+def train(cfg, judge=None):
+    """Preferences, reward model, normalisation, evaluation. Returns (reward model, tokenizer, history).
+    judge: an AI labeler instead of the simulated human (see preference_data; rlaif.py passes one)."""
     t0 = time.time()
     rank, _, cfg.device = setup_distributed(cfg.device)  # (0, 1, device) unless run by torchrun
     seed_everything(cfg.seed + rank)
@@ -539,7 +551,7 @@ def train(cfg):
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
 
     if rank == 0:
-        train_pairs, heldout_pairs = preference_data(cfg, policy, tok, generator)
+        train_pairs, heldout_pairs = preference_data(cfg, policy, tok, generator, judge)
     barrier()  # under torchrun rank 0 makes the pairs and writes them to <out_dir>/preferences/: the others read them
     if rank != 0:
         files = [os.path.join(cfg.out_dir, "preferences", f"{split}.jsonl") for split in ("train", "heldout")]
@@ -573,6 +585,7 @@ def train(cfg):
     results = {f"heldout/{k}": v for k, v in evaluate_reward(rm, tok, heldout_pairs).items()}
     if "gold_chosen" in train_pairs[0]:
         results["labels/gold_agreement"] = label_agreement(train_pairs)
+        results["labels/heldout_gold_agreement"] = label_agreement(heldout_pairs)
         results["heldout/sft_logprob_gold_accuracy"] = logprob_baseline(policy, tok, heldout_pairs)
     if not cfg.data_file and cfg.bon_n:
         test = tasks.make_examples(tasks.make_world(cfg.world_seed), "test", cfg.bon_n, seed=1)
