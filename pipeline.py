@@ -9,6 +9,7 @@ Tokenizer -> base model (pretrain.py) -> SFT model (sft.py) -> preferences + rew
   python pipeline.py --preset gpu      # larger models and data, for one GPU
   python pipeline.py --name exp1       # another run folder: runs/exp1/
   python pipeline.py --fresh           # delete the run folder and start over
+  python pipeline.py --rlaif           # then RLAIF and Constitutional AI too (rlaif.py), with their rows
 
 Each stage writes <run>/<stage>/done.json when it finishes and is skipped when that file exists, so
 running the command again after an interruption redoes only what was not finished: the interrupted
@@ -28,6 +29,7 @@ import dpo
 import ppo
 import pretrain
 import reward
+import rlaif
 import sft
 import tasks
 from common import cli, format_seconds, seed_everything
@@ -47,6 +49,10 @@ PRESETS = {
         "ppo": dict(iterations=2, rollout_batch=8, minibatch=4, ppo_epochs=1, max_new_tokens=16, eval_every=0,
                     eval_n=2, ckpt_every=0),
         "dpo": dict(max_steps=5, batch_size=8, eval_n=0, max_new_tokens=16, log_every=5),
+        # the quick models write no verdict or revision a parser could read: fallback keeps the stages going
+        "rlaif": dict(feedback_examples=200, feedback_steps=10, batch_size=16, judge_eval_prompts=8, cai_prompts=24,
+                      cai_steps=5, max_new_tokens=16, judge_max_new_tokens=16, critique_max_new_tokens=16,
+                      fallback=True),
         "report": dict(eval_n=6, bon_n=4, max_new_tokens=16, n_transcript=2),
     },
     "gpu": {  # sized for one modern GPU (bf16 autocast is automatic on CUDA)
@@ -56,11 +62,14 @@ PRESETS = {
         "reward": dict(n_prompts=8000, n_heldout_prompts=1000, lr=3e-4),
         "ppo": dict(iterations=100, rollout_batch=256, minibatch=64, lr=1e-5),
         "dpo": dict(lr=1e-5, batch_size=64),
+        "rlaif": dict(feedback_examples=20000, feedback_steps=1000, batch_size=128, cai_prompts=8000, cai_steps=500),
         "report": dict(eval_n=500),
     },
 }
 STAGES = ("pretrain", "sft", "reward", "ppo", "dpo")
 MODELS = ("base", "sft", "bon16", "ppo", "dpo")
+# --rlaif: the models of rlaif.py, and the checkpoint of each
+RLAIF_MODELS = {"rlaif_ppo": "rlaif/ppo", "rlaif_dpo": "rlaif/dpo", "cai_sl": "cai/sft", "cai_ppo": "cai/ppo"}
 
 
 @dataclass
@@ -85,6 +94,8 @@ class PipelineConfig:
     """longest answer in the report"""
     n_transcript: int = 6
     """prompts answered by every model in the report"""
+    rlaif: bool = False
+    """also run RLAIF and Constitutional AI (rlaif.py) after DPO, and report their models"""
     device: str = ""
     """cuda, mps or cpu (default: the best available)"""
     seed: int = 1337
@@ -95,7 +106,7 @@ def stage_configs(cfg, run_dir):
     """The config of every stage: its dataclass defaults, the preset's overrides, the run folder."""
     preset = PRESETS[cfg.preset]
     classes = {"pretrain": pretrain.PretrainConfig, "sft": sft.SFTConfig, "reward": reward.RewardConfig,
-               "ppo": ppo.PPOConfig, "dpo": dpo.DPOConfig}
+               "ppo": ppo.PPOConfig, "dpo": dpo.DPOConfig, "rlaif": rlaif.RLAIFConfig}
     configs = {name: cls(**{"out_dir": run_dir, "device": cfg.device, **preset.get(name, {})})
                for name, cls in classes.items()}
     # the stages' own end-of-run evaluations are skipped or kept small: the report evaluates every model
@@ -107,6 +118,25 @@ def stage_configs(cfg, run_dir):
 
 # -----------------------------------------------------------------------------
 # The report: every model on the same prompts
+
+
+def harm_row(name, model, tok, harm, rm, cfg, gen):
+    """Declined share of forbidden requests and over-refusal of allowed ones, greedy and sampled."""
+    examples = harm["forbidden"] + harm["allowed"]
+    prompts = [ex.messages for ex in examples]
+    rates = {}
+    for mode in ("greedy", "sampled"):
+        if name == "bon16":
+            if mode == "greedy":
+                continue
+            answers = reward.bon_respond(model, rm, tok, prompts, cfg.bon_n, cfg.sample_temperature,
+                                         cfg.max_new_tokens, gen)
+        else:
+            answers = sft.respond(model, tok, prompts, 0.0 if mode == "greedy" else cfg.sample_temperature,
+                                  cfg.max_new_tokens, generator=gen)
+        rates.update(sft.harm_rates(examples, [a[0] for a in answers], [a[1] for a in answers], mode))
+    return {"declined": {m: rates.get(f"{m}/declined") for m in ("greedy", "sampled")},
+            "over_refusal": {m: rates.get(f"{m}/over_refusal") for m in ("greedy", "sampled")}}
 
 
 def evaluate_model(name, model, tok, sets, rm, ref, cfg, gen):
@@ -158,22 +188,33 @@ def report_markdown(report, shown):
 
     lines = [f"# Report card: {report['config']['name']} ({report['config']['preset']} preset)", "",
              "| model | test | heldout_phrasing | heldout_people | gold (greedy) | gold (sampled) | KL to SFT | "
-             "length | ended | RM score | stage time |", "|" + "---|" * 11]
-    stage_of = {"base": "pretrain", "sft": "sft", "bon16": "reward", "ppo": "ppo", "dpo": "dpo"}
+             "length | ended | RM score | declined | over-refusal | stage time |", "|" + "---|" * 13]
+    stage_of = {"base": "pretrain", "sft": "sft", "bon16": "reward", "ppo": "ppo", "dpo": "dpo", **RLAIF_MODELS}
     for name, row in report["models"].items():
         acc = row["accuracy"]
         seconds = report["stage_seconds"].get(stage_of[name])
+        harm = " | ".join(f"{cell(row[k]['greedy'], True)} / {cell(row[k]['sampled'], True)}"
+                          for k in ("declined", "over_refusal"))
         lines.append(f"| {name} | {cell(acc['test'], True)} | {cell(acc['heldout_phrasing'], True)} | "
                      f"{cell(acc['heldout_people'], True)} | {cell(row['gold_greedy'])} | {cell(row['gold_sampled'])} | "
                      f"{cell(row['kl_to_sft'])} | {row['mean_length']:.1f} | {cell(row['ended'], True)} | "
-                     f"{cell(row['rm_score'])} | {format_seconds(seconds) if seconds is not None else '—'} |")
+                     f"{cell(row['rm_score'])} | {harm} | {format_seconds(seconds) if seconds is not None else '—'} |")
     total = sum(report["stage_seconds"].values())
     lines += ["", "Accuracy: greedy, correct answers (concise or wordy) per split. Gold: the grader's score "
               "(1 concise, 0.5-0.75 wordy, 0 wrong, -1 no end of turn), mean over the three splits; sampled at "
               f"temperature {report['config']['sample_temperature']}. KL: nats per answer on the policy's own "
-              "samples (bon16: the bound log N - (N-1)/N). RM score: normalised, on the greedy answers (bon16: on its picks).",
+              "samples (bon16: the bound log N - (N-1)/N). RM score: normalised, on the greedy answers (bon16: on its picks). "
+              f"Declined: share of {report['config']['eval_n']} forbidden requests (a person's secret code) declined; "
+              f"over-refusal: share of {report['config']['eval_n']} allowed requests refused; greedy / sampled.",
               "", "Stage times: " + ", ".join(f"{k} {format_seconds(v)}" for k, v in report["stage_seconds"].items())
-              + f"; {format_seconds(total)} in all.", "", "## The same prompts, every model", ""]
+              + f"; {format_seconds(total)} in all.", ""]
+    if report.get("judge"):
+        j = report["judge"]
+        lines += [f"AI judge (rlaif/feedback) against the gold rule on {j['pairs']} held-out pairs of SFT samples: "
+                  f"{100 * j['agreement']:.1f}% agree. Labels of the pairs RLAIF trained on: "
+                  f"{100 * report['rlaif_labels']['train']:.1f}% agree with gold (the simulated human's, for RLHF: "
+                  f"{100 * report['rlaif_labels']['human_train']:.1f}%).", ""]
+    lines += ["## The same prompts, every model", ""]
     for item in shown:
         lines.append(f"**[{item['split']}/{item['family']}]** {item['prompt']}  (answer: `{item['answer']}`)")
         lines.append("")
@@ -251,22 +292,36 @@ def report(cfg, run_dir, stage_seconds):
     models = {"base": load_checkpoint(os.path.join(run_dir, "pretrain", "model.pt"), device)[0]}
     for name in ("sft", "ppo", "dpo"):
         models[name] = reward.load_sft_policy(os.path.join(run_dir, name, "model.pt"), device)
+    names = list(MODELS)
+    if cfg.rlaif:
+        for name, folder in RLAIF_MODELS.items():
+            models[name] = reward.load_sft_policy(os.path.join(run_dir, folder, "model.pt"), device)
+        names += list(RLAIF_MODELS)
     rm = reward.load_reward_model(os.path.join(run_dir, "reward", "model.pt"), device)
     world = tasks.make_world(sft.SFTConfig.world_seed)
     sets = {split: examples for split, examples in sft.eval_sets(world, cfg.eval_n).items() if split != "heldout_task"}
+    harm = sft.harm_sets(world, cfg.eval_n)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     rows = {}
-    for name in MODELS:
+    for name in names:
         model = models["sft" if name == "bon16" else name].eval()
         rows[name] = evaluate_model(name, model, tok, sets, rm, models["sft"], cfg, gen)
+        rows[name].update(harm_row(name, model, tok, harm, rm, cfg, gen))
         print(f"report | evaluated {name}", flush=True)
     shown_examples = [sets[split][i] for i in range(cfg.n_transcript) for split in sets][:cfg.n_transcript]
     shown = [{"split": ex.split, "family": ex.family, "prompt": ex.messages[-1]["content"], "answer": ex.answer,
               "answers": {name: (text, ended, tasks.grade(ex, text, ended)) for name, (text, ended) in answers.items()}}
-             for ex, answers in transcripts({k: models[k] for k in ("base", "sft", "ppo", "dpo")}, tok,
+             for ex, answers in transcripts({k: models[k] for k in ("base", "sft", "ppo", "dpo") + cfg.rlaif * ("rlaif_ppo", "cai_ppo")}, tok,
                                             shown_examples, cfg.max_new_tokens)]
-    return {"models": rows, "stage_seconds": stage_seconds, "config": asdict(cfg), "transcripts": shown,
-            "plots": make_plots(run_dir)}
+    result = {"models": rows, "stage_seconds": stage_seconds, "config": asdict(cfg), "transcripts": shown,
+              "plots": make_plots(run_dir)}
+    if cfg.rlaif:
+        result["judge"] = json.load(open(os.path.join(run_dir, "rlaif", "feedback", "eval.json")))
+        labels = {k: json.load(open(os.path.join(run_dir, d, "reward", "eval.json"))) for k, d in (("ai", "rlaif"), ("human", "."))}
+        result["rlaif_labels"] = {"train": labels["ai"]["labels/gold_agreement"],
+                                  "heldout": labels["ai"]["labels/heldout_gold_agreement"],
+                                  "human_train": labels["human"]["labels/gold_agreement"]}
+    return result
 
 
 def write_report(run_dir, result):
@@ -317,6 +372,14 @@ def main(cfg):
               ("pretrain", lambda: pretrain.train(pre)), ("sft", lambda: sft.train(configs["sft"])),
               ("reward", lambda: reward.train(configs["reward"])), ("ppo", lambda: ppo.train(configs["ppo"])),
               ("dpo", lambda: dpo.train(configs["dpo"]))]
+    if cfg.rlaif:  # fresh stage configs: the RLHF stages above fill some fields in (max_steps from epochs)
+        fresh = stage_configs(cfg, run_dir)
+        for c in (fresh["reward"], fresh["ppo"], fresh["dpo"]):
+            c.resume = True
+        sub = {"feedback": "rlaif/feedback", "reward": "rlaif/reward", "ppo": "rlaif/ppo", "dpo": "rlaif/dpo",
+               "cai_sft": "cai/sft", "cai_ppo": "cai/ppo"}
+        stages += [(sub[name], fn) for name, fn in rlaif.stages(fresh["rlaif"], fresh["reward"], fresh["ppo"],
+                                                                 fresh["dpo"])]
     for i, (name, fn) in enumerate(stages):
         if name in configs:
             configs[name].resume = True  # an interrupted stage continues from its checkpoint, if it has one
@@ -329,7 +392,9 @@ def main(cfg):
     preferences_s = reward_eval.get("time/data_s", 0.0)  # reward.py times its sampling and labelling
     stage_seconds = {"tokenizer": seconds["tokenizer"], "pretrain": seconds["pretrain"], "sft": seconds["sft"],
                      "preferences": preferences_s, "reward": seconds["reward"] - preferences_s,
-                     "ppo": seconds["ppo"], "dpo": seconds["dpo"], "eval": 0.0}
+                     "ppo": seconds["ppo"], "dpo": seconds["dpo"]}
+    stage_seconds.update({name: s for name, s in seconds.items() if "/" in name})  # rlaif/..., cai/...
+    stage_seconds["eval"] = 0.0
     result = report(cfg, run_dir, stage_seconds)
     result["stage_seconds"]["eval"] = time.time() - eval_t0
     text = write_report(run_dir, result)

@@ -11,16 +11,21 @@ import pipeline
 import ppo
 import pretrain
 import reward
+import rlaif
 import sft
 
 SPLITS = {"test", "heldout_phrasing", "heldout_people"}
-ROW_KEYS = {"accuracy", "gold_greedy", "gold_sampled", "kl_to_sft", "mean_length", "ended", "rm_score"}
+ROW_KEYS = {"accuracy", "gold_greedy", "gold_sampled", "kl_to_sft", "mean_length", "ended", "rm_score",
+            "declined", "over_refusal"}
+MODELS = {"base", "sft", "bon16", "ppo", "dpo", "rlaif_ppo", "rlaif_dpo", "cai_sl", "cai_ppo"}
+RLAIF_STAGES = {"rlaif/feedback", "rlaif/reward", "rlaif/ppo", "rlaif/dpo", "cai/sft", "cai/ppo"}
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    result, text = pipeline.main(pipeline.PipelineConfig(quick=True, runs_dir=str(runs), name="q", device="cpu"))
+    result, text = pipeline.main(pipeline.PipelineConfig(quick=True, runs_dir=str(runs), name="q", device="cpu",
+                                                         rlaif=True))
     return runs, result, text
 
 
@@ -28,15 +33,20 @@ def test_report_json_has_the_documented_shape(quick_run):
     runs, result, text = quick_run
     with open(runs / "q" / "report.json") as f:
         report = json.load(f)
-    assert set(report["models"]) == {"base", "sft", "bon16", "ppo", "dpo"}
+    assert set(report["models"]) == MODELS
     for name, row in report["models"].items():
         assert ROW_KEYS <= set(row), name
         assert set(row["accuracy"]) == SPLITS
         assert all(0.0 <= v <= 1.0 for v in row["accuracy"].values())
         assert 0.0 <= row["ended"] <= 1.0
+        assert all(0.0 <= row[k]["sampled"] <= 1.0 for k in ("declined", "over_refusal"))
     assert report["models"]["bon16"]["gold_greedy"] is None  # best-of-N only samples
     assert set(report["stage_seconds"]) == {"tokenizer", "pretrain", "sft", "preferences", "reward", "ppo", "dpo",
-                                            "eval"}
+                                            "eval"} | RLAIF_STAGES
+    for folder in ("rlaif/feedback", "rlaif/reward", "rlaif/ppo", "rlaif/dpo", "cai/sft", "cai/ppo"):
+        assert (runs / "q" / folder / "model.pt").exists(), folder
+    assert (runs / "q" / "rlaif" / "preferences" / "train.jsonl").exists()  # the AI-labelled pairs
+    assert (runs / "q" / "cai" / "revisions.jsonl").exists()
     assert all(s >= 0 for s in report["stage_seconds"].values())
     assert report["config"]["preset"] == "quick"
     assert (runs / "q" / "report.md").read_text() == text
@@ -55,8 +65,11 @@ def test_a_second_run_skips_finished_stages(quick_run, monkeypatch, tmp_path):
     for module in (pretrain, sft, reward, ppo, dpo):
         monkeypatch.setattr(module, "train", must_not_run)
     monkeypatch.setattr(pretrain, "get_tokenizer", must_not_run)
-    result, _ = pipeline.main(pipeline.PipelineConfig(quick=True, runs_dir=str(tmp_path), name="q", device="cpu"))
-    assert set(result["models"]) == {"base", "sft", "bon16", "ppo", "dpo"}
+    for name in ("train_feedback", "train_rlaif_reward", "train_cai_sft"):
+        monkeypatch.setattr(rlaif, name, must_not_run)
+    result, _ = pipeline.main(pipeline.PipelineConfig(quick=True, runs_dir=str(tmp_path), name="q", device="cpu",
+                                                      rlaif=True))
+    assert set(result["models"]) == MODELS
 
 
 def test_an_interrupted_stage_restarts_cleanly(quick_run, monkeypatch, tmp_path):

@@ -1,0 +1,517 @@
+"""
+rlaif.py: feedback from a model instead of from people: RLAIF and Constitutional AI.
+
+RLHF needs people to compare answers. RLAIF asks a model instead: a *feedback model* reads one
+principle of a short written constitution (constitution.txt) and says which of two answers follows
+it better (Bai et al. 2022, "Constitutional AI", arXiv 2212.08073; Lee et al. 2023, "RLAIF",
+arXiv 2309.00267). Its labels then go through the very same reward.py, ppo.py and dpo.py code as
+the simulated human's. Constitutional AI adds a supervised stage before the RL: the model critiques
+its own answers against a principle, revises them, and is fine-tuned on the revisions (SL-CAI);
+then PPO on AI preferences (RL-CAI).
+
+  python rlaif.py                      # every stage below, after pipeline.py wrote <out_dir>/sft/
+  python rlaif.py --stages feedback    # only the feedback model and the judge's agreement with gold
+
+Stages, each in a folder of the run (rlaif/ and cai/ are run folders of their own, so the stage
+modules read and write them unchanged):
+  feedback     rlaif/feedback/  the SFT model fine-tuned on feedback tasks; judge agreement with gold
+  reward       rlaif/preferences/, rlaif/reward/  reward.train, the AI judge labelling the pairs
+  ppo          rlaif/ppo/       ppo.train against the RLAIF reward model
+  dpo          rlaif/dpo/       dpo.train on the AI-labelled pairs
+  cai_sft      cai/sft/         SL-CAI: SFT samples -> critique -> revision -> fine-tune on revisions
+  cai_ppo      cai/ppo/         RL-CAI: ppo.train from the SL-CAI model, RLAIF reward model
+
+Design choices, at the size of this project:
+  - The judge is a separate FEEDBACK MODEL: the SFT model after a short fine-tune on feedback tasks
+    (judging pairs, critique + revision). A 1M-parameter model cannot judge from a prompt alone, as
+    the 52B models of the papers did, so it has to be taught; teaching it in a model of its own keeps
+    the labeler fixed while the policy trains (both papers use a fixed feedback model), and leaves
+    the policy's SFT data as they were, so RLAIF and RLHF differ only in who labels the pairs.
+  - The feedback demonstrations follow the gold rule (tasks.grade): "annotators" wrote a few
+    thousand judgements once; the judge then labels any number of new pairs for free.
+  - The judge first writes the answer it would give, then its verdict ("Answer: 42" / "Better: A"):
+    chain-of-thought judging (Lee et al. 2023) with a reference answer (Zheng et al. 2023, "Judging
+    LLM-as-a-judge", arXiv 2306.05685, reference-guided grading).
+  - The verdict is read off the judge's probabilities by default (judge_mode "likelihood"): a is
+    better when log p("Answer: a") > log p("Answer: b") under the judging prompt, i.e. when the
+    judge would rather give a itself. Lee et al. read the verdict the same way, from P("1") and
+    P("2"), instead of parsing text. The written verdict is there too (judge_mode "generate",
+    parse_verdict), but at this size it does not work: after 500 steps the judge wrote the right
+    answer most of the time, and still its "Better: A/B" did not change when A and B swapped places
+    (59% agreement with gold on held-out pairs, against 86% for the likelihood verdict).
+  - Judges prefer a position (Zheng et al. 2023). Every pair is judged in both orders: the
+    likelihood verdict adds the two log-ratios, the written verdicts must agree or the pair is
+    dropped (as is a verdict that cannot be parsed).
+  - One principle, drawn at random, is shown per judgement and per critique (Bai et al. 2022). At
+    this size the model learns the rule the principles describe; the principle in the prompt is what
+    a model that reads would use.
+  - RL-CAI reuses the RLAIF reward model (trained on AI labels of SFT samples); Bai et al. sample the
+    pairs from the SL-CAI model instead.
+"""
+
+import json
+import os
+import random
+import re
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+
+import torch
+
+import dpo
+import ppo
+import reward
+import sft
+import tasks
+from common import cli, format_seconds, seed_everything
+from data import DataError, Tokenizer, encode_content, render_prompt, write_jsonl
+from model import get_device
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class RLAIFConfig:
+    out_dir: str = "runs/default"
+    """run folder: reads tokenizer/, pretrain/ and sft/, writes rlaif/ and cai/"""
+    constitution: str = os.path.join(HERE, "constitution.txt")
+    """the principles, one per line (# starts a comment)"""
+    stages: str = "feedback,reward,ppo,dpo,cai_sft,cai_ppo"
+    """the stages to run, in this order"""
+    world_seed: int = 0
+    """seed of the built-in world"""
+    feedback_examples: int = 12000
+    """feedback demonstrations (judgements and critiques) to fine-tune the feedback model on"""
+    judge_share: float = 0.85
+    """share of them that are judgements (the rest: critique + revision)"""
+    feedback_steps: int = 500
+    """optimizer steps of the feedback fine-tune (300 steps at lr 5e-4: judge agreement 79.9%; 500 at 1e-3: 85.7%)"""
+    feedback_lr: float = 1e-3
+    """its peak learning rate"""
+    batch_size: int = 64
+    """conversations per step of the feedback fine-tune and of SL-CAI"""
+    judge_mode: str = "likelihood"
+    """likelihood: the verdict from the judge's probabilities of the two answers; generate: the judge
+    writes "Better: A" or "B" (at this size: no better than a coin, see AIJudge)"""
+    swap: bool = True
+    """judge every pair in both orders too (likelihood: add the two; generate: keep it only if they agree)"""
+    fallback: bool = False
+    """no usable verdict: a coin flip instead of dropping the pair; no revision: keep the answer as it was
+    (for smoke runs: the quick preset's tiny feedback model writes neither)"""
+    clip_chars: int = 40
+    """answers longer than this are cut in the judge's and the critic's prompts"""
+    judge_eval_prompts: int = 300
+    """held-out prompts whose SFT samples measure the judge against the gold rule"""
+    cai_prompts: int = 2000
+    """prompts whose SFT samples are critiqued and revised for SL-CAI"""
+    cai_forbidden_share: float = 0.25
+    """share of forbidden requests among them (Bai et al. used red-team prompts, plus helpful ones)"""
+    cai_steps: int = 150
+    """optimizer steps of SL-CAI (from the SFT model, on the revisions)"""
+    cai_lr: float = 3e-4
+    """its peak learning rate"""
+    max_new_tokens: int = 48
+    """longest sampled answer"""
+    judge_max_new_tokens: int = 32
+    """longest judgement ("Answer: ..." and "Better: A"); the prompt keeps block_size minus this"""
+    critique_max_new_tokens: int = 40
+    """longest critique + revision"""
+    seed: int = 1337
+    """seed of sampling, principles and training"""
+    device: str = ""
+    """cuda, mps or cpu (default: the best available)"""
+    quiet: bool = False
+    """no progress lines"""
+
+
+# -----------------------------------------------------------------------------
+# The constitution and the feedback tasks
+
+
+def load_constitution(path):
+    """The principles in a text file: one per line; blank lines and lines starting with # are skipped."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no constitution file (one principle per line)")
+    with open(path, encoding="utf-8") as f:
+        principles = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    if not principles:
+        raise DataError(f"{path}: the constitution has no principle (every line is blank or a # comment)")
+    return principles
+
+
+def question_of(prompt):
+    """The user's request: the last user message of a prompt (an Example or a message list)."""
+    messages = getattr(prompt, "messages", prompt)
+    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
+
+
+def clip(text, n):
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def judge_prompt(question, a, b, principle, clip_chars=40):
+    """The feedback model's judging task, one user message."""
+    return [{"role": "user", "content": f"Principle: {principle}\nQuestion: {question}\nA: {clip(a, clip_chars)}\n"
+                                        f"B: {clip(b, clip_chars)}\nWhich is better?"}]
+
+
+def critique_prompt(question, answer, principle, clip_chars=40):
+    """The feedback model's critique-and-revise task, one user message."""
+    return [{"role": "user", "content": f"Principle: {principle}\nQuestion: {question}\n"
+                                        f"Answer: {clip(answer, clip_chars)}\nCritique and revise."}]
+
+
+VERDICT = re.compile(r"better\s*:\s*([ab])\b", re.IGNORECASE)
+
+
+def parse_verdict(text):
+    """"A", "B" or None from a judgement. Reads "Better: A" (any case, any spacing) or a bare "A" / "B";
+    None when there is no verdict, when it is neither A nor B, or when two verdicts contradict."""
+    found = {v.upper() for v in VERDICT.findall(text)}
+    if len(found) == 1:
+        return found.pop()
+    bare = text.strip().rstrip(".").strip()
+    return bare.upper() if not found and bare.upper() in ("A", "B") else None
+
+
+def parse_revision(text):
+    """The revised answer after "Revision:" (to the end of the text), or None if there is none."""
+    head, sep, revision = text.partition("Revision:")
+    revision = revision.strip()
+    return revision if sep and revision and "Revision:" not in revision else None
+
+
+def critique_of(example, answer):
+    """What a careful critic says of an answer, by the gold rule (the feedback demonstrations' critique)."""
+    score = tasks.grade(example, answer)
+    if example.forbidden:
+        return "It declines, as it should." if score >= 0.5 else "It gives away a private detail."
+    if tasks.is_refusal(answer):
+        return "It refuses a harmless request."
+    return {1.0: "It is right."}.get(score, "It is right, with extra words." if score >= 0.5 else "It is wrong.")
+
+
+FAMILY = {f.name: f for f in tasks.FAMILIES}
+
+
+def candidate_answers(world, example, rng):
+    """The kinds of answer a judge must tell apart: clean, wordy, wrong (two plausible mistakes, bare
+    and wordy), and the refusal; for a forbidden request: the refusal, bare and wordy, and complying."""
+    family = FAMILY[example.family]
+    wordy = tasks.WORDY_REFUSALS if example.forbidden else tasks.WORDY
+    other = family.mistake(world, example.item, rng)
+    if example.forbidden:  # complying: the true code, or a made-up one
+        other = str(rng.randint(1000, 9999))
+    answers = [example.answer, rng.choice(wordy).format(answer=example.answer), example.mistake, other,
+               rng.choice(tasks.WORDY).format(answer=example.mistake), tasks.REFUSAL]
+    return list(dict.fromkeys(answers))
+
+
+def feedback_conversations(world, n, principles, seed=0, judge_share=0.7, clip_chars=40):
+    """n feedback demonstrations as chat conversations: judgements ("Answer: <the right answer>" then
+    "Better: A|B", the answer of higher gold score) and critiques ("Critique: ..." then "Revision: <the
+    right answer>"), on train-split prompts."""
+    rng = random.Random(seed)
+    convs = []
+    for ex in tasks.make_examples(world, "train", n, seed=seed + 101):
+        answers = candidate_answers(world, ex, rng)
+        principle, question = rng.choice(principles), question_of(ex)
+        if rng.random() < judge_share:
+            while True:
+                a, b = rng.sample(answers, 2)
+                if tasks.grade(ex, a) != tasks.grade(ex, b):
+                    break
+            better = "A" if tasks.grade(ex, a) > tasks.grade(ex, b) else "B"
+            prompt, reply = judge_prompt(question, a, b, principle, clip_chars), f"Answer: {ex.answer}\nBetter: {better}"
+        else:
+            answer = rng.choice(answers)
+            prompt = critique_prompt(question, answer, principle, clip_chars)
+            reply = f"Critique: {critique_of(ex, answer)}\nRevision: {ex.answer}"
+        convs.append(prompt + [{"role": "assistant", "content": reply}])
+    return convs
+
+
+# -----------------------------------------------------------------------------
+# The AI judge
+
+
+class AIJudge:
+    """The feedback model as an annotator, with tasks.Labeler's batch interface: label_pairs(candidates)
+    -> [True (a better) | False (b better) | None (no verdict)], candidates [(example or prompt, a, b)].
+
+    mode "likelihood" (default): the judge's verdict is read off its probabilities, as RLAIF reads
+      P("1") and P("2") (Lee et al. 2023). In the judging prompt the feedback model first writes the
+      answer it would give ("Answer: ..."); a is better when log p("Answer: a") > log p("Answer: b")
+      under that prompt, the two log-ratios of both orders (a, b) and (b, a) added up, so a preferred
+      position cancels out. None only on an exact tie.
+    mode "generate": the judge writes its verdict ("Better: A"), parse_verdict reads it; both orders
+      are judged and the pair is kept only when they agree. At this model size it does not work: the
+      judge writes the right answer, but its verdict does not compare it with A and B (README).
+    stats counts what happened."""
+
+    def __init__(self, model, tok, principles, seed=0, mode="likelihood", swap=True, clip_chars=40,
+                 max_new_tokens=32, fallback=False):
+        if mode not in ("likelihood", "generate"):
+            raise ValueError(f"judge mode must be 'likelihood' or 'generate', got {mode!r}")
+        self.model, self.tok, self.principles, self.mode = model.eval(), tok, principles, mode
+        self.rng, self.swap, self.clip_chars, self.max_new_tokens = random.Random(seed), swap, clip_chars, max_new_tokens
+        self.fallback = fallback  # undecided pairs: a coin flip instead of None
+        self.stats = Counter()
+
+    def verdicts(self, questions, a, b, principles):
+        """Generated verdicts "A" / "B" / None for the prompts (question, A=a, B=b, principle)."""
+        prompts = [judge_prompt(q, x, y, p, self.clip_chars) for q, x, y, p in zip(questions, a, b, principles)]
+        replies = sft.respond(self.model, self.tok, prompts, 0.0, self.max_new_tokens, batch_size=256)
+        return [parse_verdict(text) for text, _, _ in replies]  # a verdict counts even if the reply rambles on
+
+    def log_ratios(self, questions, a, b, principles):
+        """log p("Answer: a") - log p("Answer: b"), each under the judging prompt (question, A=a, B=b)."""
+        rows = []
+        for q, x, y, p in zip(questions, a, b, principles):
+            prompt = render_prompt(self.tok, judge_prompt(q, x, y, p, self.clip_chars))
+            conts = [encode_content(self.tok, f"Answer: {answer}\nBetter:") for answer in (x, y)]
+            rows.append(tuple((prompt + c, [0] * len(prompt) + [1] * len(c)) for c in conts))
+        logp_a, logp_b = dpo.pair_logprobs(self.model, rows, self.tok.pad_id, self.model.config.block_size)
+        return (logp_a - logp_b).tolist()
+
+    def label_pairs(self, candidates):
+        questions = [question_of(ex) for ex, _, _ in candidates]
+        a, b = [c[1] for c in candidates], [c[2] for c in candidates]
+        principles = [self.rng.choice(self.principles) for _ in candidates]
+        labels = []
+        if self.mode == "likelihood":
+            diff = self.log_ratios(questions, a, b, principles)
+            if self.swap:  # in the swapped prompt b is shown first; its log-ratio is log p(b) - log p(a)
+                diff = [d - e for d, e in zip(diff, self.log_ratios(questions, b, a, principles))]
+            for d in diff:
+                self.stats["pairs"] += 1
+                self.stats["tie"] += d == 0
+                labels.append(None if d == 0 else d > 0)
+        else:
+            first = self.verdicts(questions, a, b, principles)
+            second = self.verdicts(questions, b, a, principles) if self.swap else [None] * len(first)
+            for v1, v2 in zip(first, second):
+                self.stats["pairs"] += 1
+                if v1 is None or (self.swap and v2 is None):
+                    self.stats["unparsed"] += 1
+                    labels.append(None)
+                elif self.swap and v1 == v2:  # "A" both times: the position won, not an answer
+                    self.stats["inconsistent"] += 1
+                    labels.append(None)
+                else:
+                    labels.append(v1 == "A")
+        if self.fallback:
+            labels = [self.rng.random() < 0.5 if label is None else label for label in labels]
+        return labels
+
+
+def judge_agreement(judge, pairs):
+    """The judge against the gold rule on pairs with different gold scores ({"prompt", "chosen",
+    "rejected", "gold_chosen", "gold_rejected", "family"}; chosen is the gold-better one), shown with
+    the gold-better answer first for half of the pairs. agreement: share of pairs labelled as the gold
+    rule does (undecided ones count as wrong); decided: share with a label; agreement/<family>."""
+    ranked = [p for p in pairs if p["gold_chosen"] != p["gold_rejected"]]
+    if not ranked:
+        return {}
+    flip = [i % 2 == 1 for i in range(len(ranked))]
+    candidates = [(p["prompt"], p["rejected"], p["chosen"]) if f else (p["prompt"], p["chosen"], p["rejected"])
+                  for p, f in zip(ranked, flip)]
+    labels = judge.label_pairs(candidates)
+    right = [label is not None and label != f for label, f in zip(labels, flip)]
+    results = {"pairs": len(ranked), "agreement": sum(right) / len(ranked),
+               "decided": sum(label is not None for label in labels) / len(ranked)}
+    for family in sorted({p["family"] for p in ranked}):
+        idx = [i for i, p in enumerate(ranked) if p["family"] == family]
+        results[f"agreement/{family}"] = sum(right[i] for i in idx) / len(idx)
+    return results
+
+
+# -----------------------------------------------------------------------------
+# Stages
+
+
+def paths(cfg):
+    run = cfg.out_dir
+    return {"tokenizer": os.path.join(run, "tokenizer"), "pretrain": os.path.join(run, "pretrain", "model.pt"),
+            "sft": os.path.join(run, "sft", "model.pt"), "rlaif": os.path.join(run, "rlaif"),
+            "cai": os.path.join(run, "cai"), "feedback": os.path.join(run, "rlaif", "feedback", "model.pt"),
+            "rlaif_reward": os.path.join(run, "rlaif", "reward", "model.pt"),
+            "cai_sft": os.path.join(run, "cai", "sft", "model.pt")}
+
+
+def sub_run(cfg, name):
+    """rlaif/ or cai/ as a run folder of its own: the stage modules read <folder>/tokenizer/."""
+    folder = paths(cfg)[name]
+    if not os.path.exists(os.path.join(folder, "tokenizer")):
+        shutil.copytree(paths(cfg)["tokenizer"], os.path.join(folder, "tokenizer"))
+    return folder
+
+
+def say(cfg, *args):
+    if not cfg.quiet:
+        print(*args, flush=True)
+
+
+def load_judge(cfg, device):
+    p = paths(cfg)
+    return AIJudge(reward.load_sft_policy(p["feedback"], device), Tokenizer.load(p["tokenizer"]),
+                   load_constitution(cfg.constitution), seed=cfg.seed, mode=cfg.judge_mode, swap=cfg.swap,
+                   clip_chars=cfg.clip_chars,
+                   max_new_tokens=cfg.judge_max_new_tokens, fallback=cfg.fallback)
+
+
+def train_feedback(cfg, sft_overrides=None):
+    """Fine-tune the SFT model on feedback demonstrations, then measure the judge against the gold rule
+    on pairs of SFT samples for held-out prompts (written to rlaif/feedback/eval.json)."""
+    p, folder = paths(cfg), sub_run(cfg, "rlaif")
+    world = tasks.make_world(cfg.world_seed)
+    principles = load_constitution(cfg.constitution)
+    data_file = os.path.join(folder, "feedback", "data.jsonl")
+    write_jsonl(data_file, [{"messages": conv} for conv in feedback_conversations(
+        world, cfg.feedback_examples, principles, cfg.seed, cfg.judge_share, cfg.clip_chars)])
+    sft_cfg = sft.SFTConfig(out_dir=folder, stage="feedback", init=p["sft"], replay_from=p["pretrain"],
+                            data_file=data_file, max_steps=cfg.feedback_steps, lr=cfg.feedback_lr,
+                            warmup_steps=min(20, cfg.feedback_steps // 10), batch_size=cfg.batch_size, eval_n=0,
+                            ckpt_every=100, log_every=50, seed=cfg.seed, device=cfg.device, quiet=cfg.quiet,
+                            resume=os.path.exists(p["feedback"]))
+    sft.train(replace(sft_cfg, **(sft_overrides or {})))
+    return evaluate_judge(cfg)
+
+
+def evaluate_judge(cfg):
+    device = str(get_device(cfg.device or None))
+    p = paths(cfg)
+    seed_everything(cfg.seed)
+    judge, tok = load_judge(cfg, device), Tokenizer.load(p["tokenizer"])
+    policy = reward.load_sft_policy(p["sft"], device)
+    examples = tasks.make_examples(tasks.make_world(cfg.world_seed), "train", cfg.judge_eval_prompts, seed=cfg.seed + 7)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    # the gold rule as a perfect labeler orders each pair: chosen is the gold-better answer, ties dropped
+    pairs = reward.policy_preferences(policy, tok, examples, tasks.Labeler(0.0, ties=True), 4, 1.0,
+                                      cfg.max_new_tokens, gen)
+    results = judge_agreement(judge, pairs)
+    with open(os.path.join(p["rlaif"], "feedback", "eval.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    say(cfg, f"judge ({cfg.judge_mode}) vs gold on {results.get('pairs', 0)} held-out pairs of SFT samples: "
+             f"{results.get('agreement', float('nan')):.1%} agree, {results.get('decided', float('nan')):.1%} decided")
+    return results
+
+
+def train_rlaif_reward(cfg, reward_cfg=None):
+    """reward.train on the RLHF recipe's prompts and samples, labelled by the AI judge."""
+    p, folder = paths(cfg), sub_run(cfg, "rlaif")
+    reward_cfg = replace(reward_cfg or reward.RewardConfig(device=cfg.device), out_dir=folder, init=p["sft"])
+    judge = load_judge(cfg, str(get_device(reward_cfg.device or None)))
+    out = reward.train(reward_cfg, judge=judge)
+    say(cfg, f"AI judge: {dict(judge.stats)}")
+    return out
+
+
+def train_rlaif_ppo(cfg, ppo_cfg=None):
+    p, folder = paths(cfg), sub_run(cfg, "rlaif")
+    return ppo.train(replace(ppo_cfg or ppo.PPOConfig(device=cfg.device), out_dir=folder, sft_path=p["sft"],
+                             reward_path=p["rlaif_reward"]))
+
+
+def train_rlaif_dpo(cfg, dpo_cfg=None):
+    p, folder = paths(cfg), sub_run(cfg, "rlaif")
+    return dpo.train(replace(dpo_cfg or dpo.DPOConfig(device=cfg.device), out_dir=folder, init=p["sft"]))
+
+
+def cai_prompts(world, n, forbidden_share, seed):
+    """Train-split prompts for SL-CAI, forbidden requests over-represented (red-team prompts)."""
+    n_forbidden = round(n * forbidden_share)
+    forbidden = [f for f in tasks.FAMILIES if f.forbidden]
+    allowed = [f for f in tasks.FAMILIES if not f.forbidden]
+    return (tasks.make_examples(world, "train", n_forbidden, seed=seed, families=forbidden)
+            + tasks.make_examples(world, "train", n - n_forbidden, seed=seed, families=allowed))
+
+
+def cai_revisions(cfg, policy, feedback, tok, principles, device):
+    """SL-CAI data: the SFT model answers (T=1), the feedback model critiques each answer against a
+    random principle and revises it; the revision becomes the assistant message. Returns (conversations,
+    stats)."""
+    rng = random.Random(cfg.seed)
+    examples = cai_prompts(tasks.make_world(cfg.world_seed), cfg.cai_prompts, cfg.cai_forbidden_share, cfg.seed + 11)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    answers = sft.respond(policy, tok, [ex.messages for ex in examples], 1.0, cfg.max_new_tokens, 256, gen)
+    prompts = [critique_prompt(question_of(ex), text, rng.choice(principles), cfg.clip_chars)
+               for ex, (text, _, _) in zip(examples, answers)]
+    replies = sft.respond(feedback, tok, prompts, 0.0, cfg.critique_max_new_tokens, 256)
+    convs, stats = [], Counter()
+    for ex, (text, ended, _), (reply, reply_ended, _) in zip(examples, answers, replies):
+        revision = parse_revision(reply) if reply_ended else None
+        if revision is None:
+            stats["unparsed"] += 1
+            if not cfg.fallback:
+                continue
+            revision = text
+        kind = "forbidden" if ex.forbidden else "allowed"
+        stats[f"{kind}"] += 1
+        stats[f"{kind}/gold_before"] += tasks.grade(ex, text, ended)
+        stats[f"{kind}/gold_after"] += tasks.grade(ex, revision)
+        stats[f"{kind}/changed"] += revision != text
+        convs.append(ex.messages + [{"role": "assistant", "content": revision}])
+    for kind in ("forbidden", "allowed"):
+        for key in ("gold_before", "gold_after", "changed"):
+            stats[f"{kind}/{key}"] /= max(1, stats[kind])
+    return convs, dict(stats)
+
+
+def train_cai_sft(cfg, sft_overrides=None):
+    """SL-CAI: critique-and-revise the SFT model's answers, then fine-tune the SFT model on the revisions."""
+    device = str(get_device(cfg.device or None))
+    p, folder = paths(cfg), sub_run(cfg, "cai")
+    seed_everything(cfg.seed)
+    tok = Tokenizer.load(p["tokenizer"])
+    convs, stats = cai_revisions(cfg, reward.load_sft_policy(p["sft"], device),
+                                 reward.load_sft_policy(p["feedback"], device), tok,
+                                 load_constitution(cfg.constitution), device)
+    say(cfg, "cai revisions: " + ", ".join(f"{k} {v:.3g}" for k, v in stats.items()))
+    if not convs:
+        raise RuntimeError("SL-CAI: the feedback model wrote no parsable revision; train it longer (--feedback-steps)")
+    data_file = os.path.join(folder, "revisions.jsonl")
+    write_jsonl(data_file, [{"messages": conv} for conv in convs])
+    sft_cfg = sft.SFTConfig(out_dir=folder, stage="sft", init=p["sft"], replay_from=p["pretrain"], data_file=data_file,
+                            max_steps=cfg.cai_steps, lr=cfg.cai_lr, warmup_steps=min(10, cfg.cai_steps // 10),
+                            batch_size=cfg.batch_size, eval_n=0, ckpt_every=100, log_every=50, seed=cfg.seed,
+                            device=cfg.device, quiet=cfg.quiet, resume=os.path.exists(p["cai_sft"]))
+    out = sft.train(replace(sft_cfg, **(sft_overrides or {})))
+    with open(os.path.join(folder, "sft", "revisions.json"), "w") as f:
+        json.dump(stats, f, indent=2)
+    return out
+
+
+def train_cai_ppo(cfg, ppo_cfg=None):
+    """RL-CAI: PPO from the SL-CAI model (also its KL reference) against the RLAIF reward model."""
+    p, folder = paths(cfg), sub_run(cfg, "cai")
+    return ppo.train(replace(ppo_cfg or ppo.PPOConfig(device=cfg.device), out_dir=folder, sft_path=p["cai_sft"],
+                             reward_path=p["rlaif_reward"]))
+
+
+def stages(cfg, reward_cfg=None, ppo_cfg=None, dpo_cfg=None, sft_overrides=None):
+    """[(name, run)] of the selected stages, in order (pipeline.py runs them as its own stages)."""
+    every = {"feedback": lambda: train_feedback(cfg, sft_overrides),
+             "reward": lambda: train_rlaif_reward(cfg, reward_cfg),
+             "ppo": lambda: train_rlaif_ppo(cfg, ppo_cfg), "dpo": lambda: train_rlaif_dpo(cfg, dpo_cfg),
+             "cai_sft": lambda: train_cai_sft(cfg, sft_overrides), "cai_ppo": lambda: train_cai_ppo(cfg, ppo_cfg)}
+    chosen = [s.strip() for s in cfg.stages.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in every]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; choose from {list(every)}")
+    return [(name, every[name]) for name in chosen]
+
+
+if __name__ == "__main__":
+    cfg = cli(RLAIFConfig)
+    if not os.path.exists(paths(cfg)["sft"]):
+        raise SystemExit(f"rlaif: no SFT model at {paths(cfg)['sft']}: run `python pipeline.py` (or pretrain.py, sft.py) first")
+    t0 = time.time()
+    for name, run in stages(cfg):
+        t = time.time()
+        print(f"== rlaif stage {name}", flush=True)
+        run()
+        print(f"== rlaif stage {name} took {format_seconds(time.time() - t)}", flush=True)
+    print(f"rlaif finished in {format_seconds(time.time() - t0)}; {cfg.out_dir}/rlaif and /cai hold the models")
