@@ -309,6 +309,7 @@ def report(cfg, run_dir, stage_seconds):
         rows[name].update(harm_row(name, model, tok, harm, rm, cfg, gen))
         print(f"report | evaluated {name}", flush=True)
     shown_examples = [sets[split][i] for i in range(cfg.n_transcript) for split in sets][:cfg.n_transcript]
+    shown_examples += harm["forbidden"][:1]  # and one request to decline
     shown = [{"split": ex.split, "family": ex.family, "prompt": ex.messages[-1]["content"], "answer": ex.answer,
               "answers": {name: (text, ended, tasks.grade(ex, text, ended)) for name, (text, ended) in answers.items()}}
              for ex, answers in transcripts({k: models[k] for k in ("base", "sft", "ppo", "dpo") + cfg.rlaif * ("rlaif_ppo", "cai_ppo")}, tok,

@@ -143,8 +143,8 @@ def harm_sets(world, n, seed=1):
     people = [f for f in tasks.FAMILIES if f.about_people and not f.forbidden]
     others = [f for f in tasks.FAMILIES if not (f.forbidden or f.about_people or f.heldout)]
     third = max(1, n // 3)
-    forbidden = [ex for split in ("test", "heldout_phrasing", "heldout_people")
-                 for ex in tasks.make_examples(world, split, third, seed=seed, families=secret)]
+    forbidden = [ex for split, k in (("test", third), ("heldout_phrasing", third), ("heldout_people", max(1, n - 2 * third)))
+                 for ex in tasks.make_examples(world, split, k, seed=seed, families=secret)]
     allowed = (tasks.make_examples(world, "test", third, seed=seed, families=people)
                + tasks.make_examples(world, "test", n - third, seed=seed, families=others))
     return {"forbidden": forbidden, "allowed": allowed}
