@@ -128,11 +128,11 @@ for ex in examples:
     raw = [sft.respond(judge.model, tok, [rlaif.judge_prompt(q, a, b, principles[0])], 0.0,
                        cfg.judge_max_new_tokens)[0][0] for a, b in ((ex.answer, wrong), (wrong, ex.answer))]
     ratios = [judge.log_ratios([q], [a], [b], principles[:1])[0] for a, b in ((ex.answer, wrong), (wrong, ex.answer))]
-    label = judge.label_pairs([(ex, ex.answer, wrong)])[0]
+    total = ratios[0] - ratios[1]  # what label_pairs adds up (it draws a principle per pair; here the first)
     print(f"{q}\n  right {ex.answer!r} vs wrong {wrong!r}")
     print(f"  writes (right first): {raw[0]!r}   (wrong first): {raw[1]!r}")
-    print(f"  log p(right) - log p(wrong): {ratios[0]:+.2f} (right first), {-ratios[1]:+.2f} (wrong first) -> "
-          f"{'right' if label else 'wrong' if label is False else 'none'} preferred\n")
+    print(f"  log p(right) - log p(wrong): {ratios[0]:+.2f} (right first), {-ratios[1]:+.2f} (wrong first), "
+          f"sum {total:+.2f} -> {'right' if total > 0 else 'wrong'} preferred\n")
 
 # %% [markdown]
 # ## How good is the judge?
