@@ -5,7 +5,7 @@ Tokenizer -> base model (pretrain.py) -> SFT model (sft.py) -> preferences + rew
 -> PPO policy (ppo.py) and DPO policy (dpo.py) -> one evaluation of every model -> report card.
 
   python pipeline.py                   # CPU default into runs/default/ (see the README for the time)
-  python pipeline.py --quick           # a smoke run of every stage, 12 s on 2 cores
+  python pipeline.py --quick           # a smoke run of every stage, 14 s on 2 cores (18 s with --rlaif)
   python pipeline.py --preset gpu      # larger models and data, for one GPU
   python pipeline.py --name exp1       # another run folder: runs/exp1/
   python pipeline.py --fresh           # delete the run folder and start over
@@ -125,15 +125,12 @@ def harm_row(name, model, tok, harm, rm, cfg, gen):
     examples = harm["forbidden"] + harm["allowed"]
     prompts = [ex.messages for ex in examples]
     rates = {}
-    for mode in ("greedy", "sampled"):
+    modes = {"sampled": cfg.sample_temperature} if name == "bon16" else {"greedy": 0.0, "sampled": cfg.sample_temperature}
+    for mode, temperature in modes.items():  # best-of-N only samples
         if name == "bon16":
-            if mode == "greedy":
-                continue
-            answers = reward.bon_respond(model, rm, tok, prompts, cfg.bon_n, cfg.sample_temperature,
-                                         cfg.max_new_tokens, gen)
+            answers = reward.bon_respond(model, rm, tok, prompts, cfg.bon_n, temperature, cfg.max_new_tokens, gen)
         else:
-            answers = sft.respond(model, tok, prompts, 0.0 if mode == "greedy" else cfg.sample_temperature,
-                                  cfg.max_new_tokens, generator=gen)
+            answers = sft.respond(model, tok, prompts, temperature, cfg.max_new_tokens, generator=gen)
         rates.update(sft.harm_rates(examples, [a[0] for a in answers], [a[1] for a in answers], mode))
     return {"declined": {m: rates.get(f"{m}/declined") for m in ("greedy", "sampled")},
             "over_refusal": {m: rates.get(f"{m}/over_refusal") for m in ("greedy", "sampled")}}
@@ -310,18 +307,18 @@ def report(cfg, run_dir, stage_seconds):
         print(f"report | evaluated {name}", flush=True)
     shown_examples = [sets[split][i] for i in range(cfg.n_transcript) for split in sets][:cfg.n_transcript]
     shown_examples += harm["forbidden"][:1]  # and one request to decline
+    shown_models = ["base", "sft", "ppo", "dpo"] + (["rlaif_ppo", "cai_ppo"] if cfg.rlaif else [])
     shown = [{"split": ex.split, "family": ex.family, "prompt": ex.messages[-1]["content"], "answer": ex.answer,
               "answers": {name: (text, ended, tasks.grade(ex, text, ended)) for name, (text, ended) in answers.items()}}
-             for ex, answers in transcripts({k: models[k] for k in ("base", "sft", "ppo", "dpo") + cfg.rlaif * ("rlaif_ppo", "cai_ppo")}, tok,
-                                            shown_examples, cfg.max_new_tokens)]
+             for ex, answers in transcripts({k: models[k] for k in shown_models}, tok, shown_examples, cfg.max_new_tokens)]
     result = {"models": rows, "stage_seconds": stage_seconds, "config": asdict(cfg), "transcripts": shown,
               "plots": make_plots(run_dir)}
     if cfg.rlaif:
         result["judge"] = json.load(open(os.path.join(run_dir, "rlaif", "feedback", "eval.json")))
-        labels = {k: json.load(open(os.path.join(run_dir, d, "reward", "eval.json"))) for k, d in (("ai", "rlaif"), ("human", "."))}
-        result["rlaif_labels"] = {"train": labels["ai"]["labels/gold_agreement"],
-                                  "heldout": labels["ai"]["labels/heldout_gold_agreement"],
-                                  "human_train": labels["human"]["labels/gold_agreement"]}
+        ai = json.load(open(os.path.join(run_dir, "rlaif", "reward", "eval.json")))
+        human = json.load(open(os.path.join(run_dir, "reward", "eval.json")))
+        result["rlaif_labels"] = {"train": ai["labels/gold_agreement"], "heldout": ai["labels/heldout_gold_agreement"],
+                                  "human_train": human["labels/gold_agreement"]}
     return result
 
 

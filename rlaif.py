@@ -95,7 +95,7 @@ class RLAIFConfig:
     """conversations per step of the feedback fine-tune and of SL-CAI"""
     judge_mode: str = "likelihood"
     """likelihood: the verdict from the judge's probabilities of the two answers; generate: the judge
-    writes "Better: A" or "B" (at this size: no better than a coin, see AIJudge)"""
+    writes "Better: A" or "B" (at this size it fails: 21% agreement with gold, see AIJudge)"""
     swap: bool = True
     """judge every pair in both orders too (likelihood: add the two; generate: keep it only if they agree)"""
     fallback: bool = False
@@ -179,7 +179,7 @@ def parse_verdict(text):
 
 def parse_revision(text):
     """The revised answer after "Revision:" (to the end of the text), or None if there is none."""
-    head, sep, revision = text.partition("Revision:")
+    _, sep, revision = text.partition("Revision:")
     revision = revision.strip()
     return revision if sep and revision and "Revision:" not in revision else None
 
@@ -191,7 +191,9 @@ def critique_of(example, answer):
         return "It declines, as it should." if score >= 0.5 else "It gives away a private detail."
     if tasks.is_refusal(answer):
         return "It refuses a harmless request."
-    return {1.0: "It is right."}.get(score, "It is right, with extra words." if score >= 0.5 else "It is wrong.")
+    if score == 1.0:
+        return "It is right."
+    return "It is right, with extra words." if score >= 0.5 else "It is wrong."
 
 
 FAMILY = {f.name: f for f in tasks.FAMILIES}
@@ -200,17 +202,16 @@ FAMILY = {f.name: f for f in tasks.FAMILIES}
 def candidate_answers(world, example, rng):
     """The kinds of answer a judge must tell apart: clean, wordy, wrong (two plausible mistakes, bare
     and wordy), and the refusal; for a forbidden request: the refusal, bare and wordy, and complying."""
-    family = FAMILY[example.family]
-    wordy = tasks.WORDY_REFUSALS if example.forbidden else tasks.WORDY
-    other = family.mistake(world, example.item, rng)
-    if example.forbidden:  # complying: the true code, or a made-up one
-        other = str(rng.randint(1000, 9999))
+    if example.forbidden:  # complying: the true code (example.mistake), or a made-up one
+        wordy, other = tasks.WORDY_REFUSALS, str(rng.randint(1000, 9999))
+    else:
+        wordy, other = tasks.WORDY, FAMILY[example.family].mistake(world, example.item, rng)
     answers = [example.answer, rng.choice(wordy).format(answer=example.answer), example.mistake, other,
                rng.choice(tasks.WORDY).format(answer=example.mistake), tasks.REFUSAL]
     return list(dict.fromkeys(answers))
 
 
-def feedback_conversations(world, n, principles, seed=0, judge_share=0.7, clip_chars=40):
+def feedback_conversations(world, n, principles, seed=0, judge_share=0.85, clip_chars=40):
     """n feedback demonstrations as chat conversations: judgements ("Answer: <the right answer>" then
     "Better: A|B", the answer of higher gold score) and critiques ("Critique: ..." then "Revision: <the
     right answer>"), on train-split prompts."""
@@ -380,6 +381,8 @@ def train_feedback(cfg):
 
 
 def evaluate_judge(cfg):
+    """The judge against the gold rule: pairs of 4 SFT samples (T=1) for judge_eval_prompts train-split
+    prompts, ordered by the gold rule, ties dropped; written to rlaif/feedback/eval.json."""
     device = str(get_device(cfg.device or None))
     p = paths(cfg)
     seed_everything(cfg.seed)
@@ -448,7 +451,7 @@ def cai_revisions(cfg, policy, feedback, tok, principles, device):
                 continue
             revision = text
         kind = "forbidden" if ex.forbidden else "allowed"
-        stats[f"{kind}"] += 1
+        stats[kind] += 1
         stats[f"{kind}/gold_before"] += tasks.grade(ex, text, ended)
         stats[f"{kind}/gold_after"] += tasks.grade(ex, revision)
         stats[f"{kind}/changed"] += revision != text

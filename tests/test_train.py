@@ -139,3 +139,20 @@ def test_compiled_training_matches_eager_and_saves_plain_keys(tmp_path, monkeypa
             eager.named_parameters(), compiled.named_parameters(), saved.named_parameters()):
         assert torch.allclose(p_eager, p_compiled, atol=1e-4), name
         assert torch.equal(p_compiled, p_saved), name
+
+
+def test_harm_rates_count_declines_and_over_refusals():
+    world = tasks.make_world(0)
+    sets = sft.harm_sets(world, 9)
+    forbidden, allowed = sets["forbidden"], sets["allowed"]
+    assert len(forbidden) == 9 and len(allowed) == 9
+    assert all(ex.forbidden for ex in forbidden) and not any(ex.forbidden for ex in allowed)
+    assert {ex.split for ex in forbidden} == {"test", "heldout_phrasing", "heldout_people"}
+    assert sum(ex.family.startswith("person_") for ex in allowed) == 3  # the near neighbours
+    # forbidden: decline, leak, refusal with a digit; allowed: refuse, answer, answer
+    examples = forbidden[:3] + allowed[:3]
+    texts = [tasks.REFUSAL, forbidden[1].mistake, tasks.REFUSAL + " 42", tasks.REFUSAL, allowed[1].answer, "x"]
+    rates = sft.harm_rates(examples, texts, [True] * 6, "greedy")
+    assert rates == {"greedy/declined": pytest.approx(1 / 3), "greedy/over_refusal": pytest.approx(1 / 3)}
+    assert sft.harm_rates(allowed[:2], ["a", "b"], [True, True], "s") == {"s/over_refusal": 0.0}
+    assert sft.harm_rates(forbidden[:1], [tasks.REFUSAL], [False], "s") == {"s/declined": 0.0}  # never ended
