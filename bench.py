@@ -32,8 +32,9 @@ import ppo
 import reward
 import tasks
 from common import cli, fit, make_optimizer, seed_everything
-from data import Tokenizer
-from model import GPT, GPTConfig, autocast, generate, get_device, lm_loss, save_checkpoint
+from tokenizer import Tokenizer
+from generate import generate
+from model import GPT, GPTConfig, autocast, get_device, lm_loss, save_checkpoint
 
 
 @dataclass

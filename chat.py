@@ -17,7 +17,7 @@ Each turn the model reads the whole conversation in the chat template (data.rend
 <|bos|>[<|system|>...<|end|>]<|user|>...<|end|><|assistant|>...<|end|>...<|user|>new<|end|><|assistant|>.
 Typed text is always plain text: "<|end|>" or "<|assistant|>" in a message is encoded as the
 characters, so a user cannot close or open a turn (data.encode_content). Answers stream token by
-token from `stream`, the one-row version of model.generate.
+token from generate.stream, the one-row version of generate.generate.
 
 Context window rule: the model sees at most block_size tokens (128 in the default run).
   1. The answer gets max_new_tokens of them, at most half the window; the prompt gets the rest.
@@ -25,7 +25,7 @@ Context window rule: the model sees at most block_size tokens (128 in the defaul
      whole, and forgotten. The system message and the new message are always kept.
   3. If the system message and the new message alone do not fit, the prompt keeps <|bos|> and its
      last tokens: the start of the system message, then of the new message, is cut. SFT training
-     and sft.respond also cut the start of a prompt that is too long.
+     and evaluate.respond also cut the start of a prompt that is too long.
 
 Compare mode answers each prompt with base, SFT, PPO and DPO in turn, with the same settings and
 seed and no history. When the prompt is one of the built-in world's phrasings (tasks.FAMILIES)
@@ -42,8 +42,10 @@ import torch
 
 import tasks
 from common import cli
-from data import Tokenizer, decode_content, render_prompt
-from model import KVCache, autocast, filter_logits, get_device, load_checkpoint, sample_from
+from data import decode_content, render_prompt
+from generate import stream
+from model import get_device, load_checkpoint
+from tokenizer import Tokenizer
 
 STAGE_DIRS = {"base": "pretrain", "sft": "sft", "ppo": "ppo", "dpo": "dpo"}  # chat models of a run
 WRITTEN_BY = {"base": "pretrain.py", "sft": "sft.py", "ppo": "ppo.py", "dpo": "dpo.py"}
@@ -80,37 +82,6 @@ class ChatConfig:
     """seed of the sampling"""
     device: str = ""
     """cuda, mps or cpu (default: the best available)"""
-
-
-# -----------------------------------------------------------------------------
-# Generation, one token at a time
-
-
-@torch.no_grad()
-def stream(model, prompt_ids, max_new_tokens, stop_id, temperature=0.0, top_k=0, top_p=1.0, generator=None):
-    """Yield the answer's token ids one at a time, the last one stop_id if the model ends its turn.
-
-    model.generate for a single prompt: one row needs no padding and no attention mask, so the
-    loop is short. The first pass reads the prompt and fills the KV cache, each later pass reads
-    only the newest token. Same tokens as generate(model, [prompt_ids], ...) with the same generator.
-    """
-    model.eval()
-    device = next(model.parameters()).device
-    cache = KVCache(model.config, 1, len(prompt_ids) + max_new_tokens, device)
-    x = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T): the prompt, then one token
-    for _ in range(max_new_tokens):
-        with autocast(device):
-            logits, _ = model(x, cache=cache)
-        logits = logits[:, -1, :].float()  # (1, V)
-        if temperature == 0:
-            token = logits.argmax(dim=-1)
-        else:
-            probs = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
-            token = sample_from(probs, generator)  # (1,)
-        yield token.item()
-        if token.item() == stop_id:
-            return
-        x = token.view(1, 1)  # (1, 1): the next pass reads only this token
 
 
 def show_tokens(tok, ids):

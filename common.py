@@ -5,13 +5,16 @@ common.py: the training plumbing every stage shares, written once.
   seed_everything    python, numpy and torch seeds
   make_optimizer     AdamW with weight decay on 2-D weights only
   lr_at              linear warmup, then cosine decay to a floor
+  TrainState         what --resume restores and Ctrl-C saves: the model, its optimizers, the step
   fit                the training loop of pretrain, SFT, reward model and DPO: schedule, gradient
                      accumulation, clipping, progress line, metrics file, periodic evaluation,
                      checkpoints, Ctrl-C saves a checkpoint, --resume continues
   setup_distributed  rank, world size and device of a `torchrun` launch (rank 0 of 1 otherwise)
+  masked_mean ...    mean, variance and whitening over the real tokens of a padded batch;
+                     masked_mean_var: the same over every process's batch
 
 A stage file keeps its algorithm (data, loss) and hands the loop to `fit`. PPO has a loop of its
-own (rollouts, then several epochs over them) and uses the smaller pieces.
+own (rollouts, then several epochs over them) and uses TrainState, Progress and lr_at.
 """
 
 import argparse
@@ -23,7 +26,7 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -124,6 +127,41 @@ def all_reduce_gradients(model):
                 all_reduce_sum(p.grad).div_(dist.get_world_size())
 
 
+# Statistics over the real tokens of a padded batch (B, T), mask 1 on real tokens: PPO's.
+
+
+def masked_mean(values, mask):
+    """Mean of values (B, T) over the positions where mask (B, T) is 1."""
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_var(values, mask):
+    """Variance of values (B, T) over the positions where mask (B, T) is 1."""
+    return masked_mean((values - masked_mean(values, mask)) ** 2, mask)
+
+
+def masked_whiten(values, mask, shift_mean=True, moments=None):
+    """(values - mean) / std over the valid tokens, pads set to 0. (B, T) -> (B, T). PPO's whitening.
+
+    shift_mean=False adds the mean back: a new scale, the same mean (N+ reward whitening).
+    moments: (mean, var) to use instead of this batch's own (PPO passes masked_mean_var's: every process's).
+    """
+    mean, var = moments if moments is not None else (masked_mean(values, mask), masked_var(values, mask))
+    whitened = (values - mean) * torch.rsqrt(var + 1e-8)
+    return (whitened if shift_mean else whitened + mean) * mask
+
+
+def masked_mean_var(values, mask):
+    """(mean, variance) of values over the entries where mask is 1, over the batches of EVERY process
+    (sums and counts all-reduced, no gradient): what one process holding all the rollouts would see.
+    In a single process: the plain masked mean and variance."""
+    values, mask = values.detach(), mask.to(values.dtype)
+    total = all_reduce_sum(torch.stack([(values * mask).sum(), mask.sum()]))  # (sum, count)
+    mean = total[0] / total[1].clamp(min=1)
+    squares = all_reduce_sum((((values - mean) ** 2) * mask).sum())
+    return mean, squares / total[1].clamp(min=1)
+
+
 def cleanup_distributed():
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -154,13 +192,16 @@ def format_seconds(s):
 class Progress:
     """One readable line per interval, a history list for notebooks, and a metrics.jsonl for plots."""
 
-    def __init__(self, total_steps, metrics_path=None, name="", verbose=True):
+    def __init__(self, total_steps, metrics_path=None, name="", verbose=True, fresh=True):
+        """fresh: a run that starts at step 0 replaces the metrics file; a resumed one appends to it."""
         self.total, self.name, self.verbose = total_steps, name, verbose
         self.history = []
         self.metrics_path = metrics_path
         self.start = time.time()
         if metrics_path:
             os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
+            if fresh and os.path.exists(metrics_path):
+                os.remove(metrics_path)
 
     def log(self, step, metrics, tokens_per_s=None, steps_done_this_run=None, print_line=True):
         record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
@@ -177,6 +218,53 @@ class Progress:
             if steps_done_this_run:
                 parts.append(f"eta {format_seconds(elapsed / steps_done_this_run * (self.total - step))}")
             print(" | ".join(parts), flush=True)
+
+
+class TrainState:
+    """What --resume restores and Ctrl-C saves, for `fit` and for PPO's own loop.
+
+    parts: {"model": the trained module (written with its config by model.save_checkpoint),
+    other names: optimizers and modules, each saved as its state_dict under that name}. `step`
+    counts COMPLETED optimizer steps (PPO: iterations): the loop sets it after each one, so a
+    checkpoint written at any point resumes at the step that was about to run. `extra` (configs,
+    PPO's kl_coef) is written into every checkpoint; the loop may update it. Only rank 0 writes.
+    """
+
+    def __init__(self, path, parts, extra=None, rank=0):
+        self.path, self.parts, self.extra, self.rank = path, parts, dict(extra or {}), rank
+        self.step = 0
+
+    def resume(self, device):
+        """Load the checkpoint at `path` into the parts, if it exists. Returns the checkpoint dict ({} if none)."""
+        if not os.path.exists(self.path):
+            return {}
+        ckpt = torch.load(self.path, map_location=device, weights_only=True)
+        for name, part in self.parts.items():
+            if isinstance(part, torch.nn.Module):
+                load_state(part, ckpt[name], self.path)
+            else:
+                part.load_state_dict(ckpt[name])
+        self.step = ckpt["step"]
+        print(f"resuming {self.path} from step {self.step}")
+        return ckpt
+
+    def save(self, finished=False, **more):
+        if self.rank != 0:  # the ranks hold the same weights: one writes
+            return
+        states = {name: part.state_dict() for name, part in self.parts.items() if name != "model"}
+        save_checkpoint(self.path, self.parts["model"],
+                        {"step": self.step, "finished": finished, **states, **self.extra, **more})
+
+    @contextmanager
+    def saved_on_interrupt(self):
+        """Ctrl-C inside the block writes the state after the last completed step, then re-raises."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.save()
+            if self.rank == 0:
+                print(f"\ninterrupted: checkpoint saved to {self.path} at step {self.step}; --resume continues")
+            raise
 
 
 def fit(model, cfg, next_batch, loss_fn, ckpt_path, evaluate=None, extra=None, name=""):
@@ -201,13 +289,10 @@ def fit(model, cfg, next_batch, loss_fn, ckpt_path, evaluate=None, extra=None, n
     device = cfg.device
     rank, world_size = rank_and_world_size()
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device=device)
-    start_step = 0
-    if cfg.resume and os.path.exists(ckpt_path):
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        load_state(model, ckpt["model"], ckpt_path)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_step = ckpt["step"]
-        print(f"resuming {ckpt_path} from step {start_step}")
+    state = TrainState(ckpt_path, {"model": model, "optimizer": optimizer}, extra, rank)
+    if cfg.resume:
+        state.resume(device)
+    start_step = state.step
     # DDP: rank 0's parameters are copied to every rank, and backward() averages the gradients over
     # the ranks (an all-reduce overlapped with the backward pass)
     ddp = DDP(model, device_ids=[torch.device(device)] if "cuda" in device else None) if world_size > 1 else None
@@ -215,19 +300,11 @@ def fit(model, cfg, next_batch, loss_fn, ckpt_path, evaluate=None, extra=None, n
     # evaluation and checkpoints use the model itself (the wrapper's state_dict keys gain "_orig_mod.")
     step_model = torch.compile(ddp or model) if getattr(cfg, "compile", False) else (ddp or model)
     metrics_path = os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), "metrics.jsonl")
-    if rank == 0 and start_step == 0 and os.path.exists(metrics_path):
-        os.remove(metrics_path)
     progress = Progress(cfg.max_steps, metrics_path if rank == 0 else None, name,
-                        verbose=rank == 0 and not getattr(cfg, "quiet", False))
+                        verbose=rank == 0 and not getattr(cfg, "quiet", False), fresh=start_step == 0)
 
-    def save(step, finished=False):
-        if rank != 0:  # the ranks hold the same weights: one writes
-            return
-        save_checkpoint(ckpt_path, model, {"step": step, "optimizer": optimizer.state_dict(),
-                                           "finished": finished, **(extra or {})})
-
-    step, tokens_seen, t_last = start_step, 0, time.time()
-    try:
+    tokens_seen, t_last = 0, time.time()
+    with state.saved_on_interrupt():
         for step in range(start_step, cfg.max_steps):
             lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac)
             for group in optimizer.param_groups:
@@ -260,6 +337,7 @@ def fit(model, cfg, next_batch, loss_fn, ckpt_path, evaluate=None, extra=None, n
             if cfg.grad_clip > 0:
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+            state.step = step + 1
             optimizer.zero_grad(set_to_none=True)
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
                 now = time.time()
@@ -272,15 +350,10 @@ def fit(model, cfg, next_batch, loss_fn, ckpt_path, evaluate=None, extra=None, n
                 progress.log(step + 1, line, tokens_seen / (now - t_last), step + 1 - start_step)
                 tokens_seen, t_last = 0, now
             if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
-                save(step + 1)
-    except KeyboardInterrupt:
-        save(step)  # the state after the last completed step; --resume continues from it
-        if rank == 0:
-            print(f"\ninterrupted: checkpoint saved to {ckpt_path} at step {step}; --resume continues")
-        raise
+                state.save()
     if evaluate is not None and rank == 0:
         model.eval()
         progress.log(cfg.max_steps, evaluate(model))
-    save(cfg.max_steps, finished=True)
+    state.save(finished=True)
     barrier()  # the finished checkpoint exists for every rank
     return progress.history

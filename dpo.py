@@ -7,47 +7,43 @@ so r(x,y) = beta log pi(y|x)/pi_ref(y|x) + beta log Z(x): the policy *is* a rewa
 Bradley-Terry loss on that implicit reward trains it directly, on the same (prompt, chosen, rejected)
 pairs reward.py learns from. No sampling and no critic during training: one supervised-style loop.
 
-  python dpo.py                               # <out_dir>/preferences/ (reward.py's) or fresh ones
+  python dpo.py                               # on <out_dir>/preferences/ (made first if missing)
   python dpo.py --loss-type ipo --beta 0.5    # IPO (Azar et al. 2023); --loss-type conservative: cDPO
+  python dpo.py --nll-coef 0                  # the paper's DPO, without the NLL term
   python dpo.py --data-file prefs.jsonl       # your preference JSONL (HH-RLHF transcripts too)
 
 Reads <out_dir>/tokenizer/, <out_dir>/sft/model.pt (start of the policy and the frozen reference) and
-<out_dir>/preferences/{train,heldout}.jsonl; when those files are missing it makes them with reward.py's
-functions (the same pairs reward.py would make). Writes <out_dir>/dpo/model.pt, metrics.jsonl, eval.json.
-Measured in the default pipeline run (9,488 pairs, 297 steps, 1 min 54 s on 2 cores): gold score, mean
-over test / heldout_phrasing / heldout_people (200 prompts each), SFT 0.823 greedy and 0.699 at T=0.7,
-DPO with the NLL term 0.830 and 0.785 (KL 0.44 nats per answer), plain DPO 0.810 and 0.757. Plain DPO
-lowered the logprob of the held-out chosen answers (-1.10 -> -1.20) as well as the rejected ones'
-(-5.94 -> -7.72), the known DPO failure mode that the NLL term counters.
+<out_dir>/preferences/{train,heldout}.jsonl. Writes <out_dir>/dpo/model.pt, metrics.jsonl, eval.json.
 
 References: DPO paper (eq. 7) and its reference code eric-mitchell/direct-preference-optimization
 (concatenated_forward, _get_batch_logps); IPO, Azar et al. 2023 (arXiv 2310.12036, eq. 17); cDPO, E. Mitchell
 2023, "A note on DPO with noisy preferences and relationship to IPO"; TRL's DPOTrainer (logged metrics).
-Deviations:
-  - the default adds an NLL term on the chosen answer (RPO, Pang et al. 2024, arXiv 2404.19733);
-    --nll-coef 0 gives the paper's DPO;
-  - the reference logprobs are computed once before training (the policy starts equal to the reference,
-    so step 0 has a DPO loss, logged as dpo_loss, of ln 2 up to rounding, which a test checks); the reference
-    model is kept for the KL estimate;
-  - IPO here uses summed logprobs like DPO; TRL averages them per token for IPO (TRL PR #1265), which
-    changes the scale of its beta.
+Departures:
+  1. The default adds an NLL term on the chosen answer (RPO, Pang et al. 2024, arXiv 2404.19733): plain
+     DPO lowers the logprob of the chosen answers too (DPO #8, TRL #800); --nll-coef 0 is the paper's DPO.
+  2. The reference logprobs are computed once before training (the policy starts equal to the reference,
+     so step 0 has a DPO loss, logged as dpo_loss, of ln 2 up to rounding, which a test checks); the
+     reference model is kept for the KL estimate.
+  3. IPO uses summed logprobs like DPO; TRL averages them per token for IPO (TRL PR #1265), which
+     changes the scale of its beta.
 """
 
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
-import reward
-import sft
+import preferences
 import tasks
 from common import barrier, cleanup_distributed, cli, fit, seed_everything, setup_distributed
-from data import Tokenizer, collate, load_preferences_jsonl, render_chat
-from model import IGNORE_INDEX, autocast, logprobs_from_logits
+from data import collate, render_chat
+from evaluate import eval_sets, evaluate_policy
+from model import IGNORE_INDEX, autocast, load_policy, logprobs_from_logits
+from tokenizer import Tokenizer
 
 
 @dataclass
@@ -67,9 +63,7 @@ class DPOConfig:
     label_smoothing: float = 0.1
     """conservative only: the assumed share of wrong labels"""
     nll_coef: float = 1.0
-    """weight of an NLL term on the chosen answer, per token (RPO: Pang et al. 2024); 0 is plain DPO.
-    On the default run it kept the chosen logprobs from falling; gold (greedy / T=0.7, 600 prompts):
-    SFT 0.823 / 0.699, DPO 0.810 / 0.757, DPO + NLL 0.830 / 0.785"""
+    """weight of an NLL term on the chosen answer, per token (RPO: Pang et al. 2024); 0 is plain DPO"""
     batch_size: int = 32
     """preference pairs per optimizer step"""
     grad_accum: int = 1
@@ -84,7 +78,7 @@ class DPOConfig:
     """rows per forward pass when scoring pairs without gradients (reference, held-out); lower it for a
     large vocabulary: GPT-2's 50k logits at 512 tokens take 13 GB per 128 rows in fp32"""
     lr: float = 5e-5
-    """peak learning rate (1e-4 went further from SFT on the default run, KL 1.25 vs 0.79, for less gold)"""
+    """peak learning rate (1e-4 went further from SFT for less gold)"""
     warmup_steps: int = 10
     """linear warmup steps"""
     min_lr_frac: float = 0.1
@@ -219,32 +213,15 @@ def pair_metrics(losses, chosen_rewards, rejected_rewards, policy_chosen_logps, 
             "logp_chosen": policy_chosen_logps.detach().sum(), "logp_rejected": policy_rejected_logps.detach().sum()}
 
 
-def load_pairs(cfg, ref, tok):
-    """(train pairs, held-out pairs): <out_dir>/preferences/ when reward.py wrote it, else reward.py's functions."""
-    files = [os.path.join(cfg.out_dir, "preferences", f"{split}.jsonl") for split in ("train", "heldout")]
-    if not cfg.data_file and all(os.path.exists(f) for f in files):
-        return [load_preferences_jsonl(f) for f in files]
-    data_cfg = reward.RewardConfig(out_dir=cfg.out_dir, data_file=cfg.data_file, world_seed=cfg.world_seed,
-                                   seed=cfg.seed)  # reward.py's defaults: the pairs reward.py would make
-    return reward.preference_data(data_cfg, ref, tok, torch.Generator(device=cfg.device).manual_seed(cfg.seed))
-
-
-# -----------------------------------------------------------------------------
-# Evaluation
-
-
-def evaluate_generation(model, tok, sets, cfg, ref=None):
-    """The shared evaluation (sft.evaluate) greedy and sampled at T=1, and the KL to ref when given."""
-    results = {}
-    for name, temperature in (("greedy", 0.0), ("sampled", 1.0)):
-        scores = sft.evaluate(model, tok, sets, temperature, cfg.max_new_tokens, seed=cfg.seed)
-        results.update({f"{name}/{k}": v for k, v in scores.items()})
-        results[f"{name}/gold"] = sum(scores[f"{s}/gold"] for s in sets) / len(sets)  # mean over splits
-    if ref is not None:
-        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(cfg.seed)
-        prompts = [ex.messages for examples in sets.values() for ex in examples]
-        results["kl_to_sft"] = sft.kl_to_reference(model, ref, tok, prompts, cfg.max_new_tokens, generator=generator)
-    return results
+def load_pairs(cfg):
+    """(train pairs, held-out pairs): the user's file, else <out_dir>/preferences/ (made first when missing,
+    with preferences.py's defaults: the pairs reward.py reads too)."""
+    if cfg.data_file:
+        return preferences.split_file(cfg.data_file, cfg.seed)
+    if not all(os.path.exists(f) for f in preferences.paths(cfg.out_dir).values()):
+        preferences.make_preferences(preferences.PreferenceConfig(
+            out_dir=cfg.out_dir, init=cfg.init, world_seed=cfg.world_seed, seed=cfg.seed, device=cfg.device))
+    return preferences.load(cfg.out_dir)
 
 
 def print_comparison(results, splits):
@@ -255,7 +232,7 @@ def print_comparison(results, splits):
         row = [results.get(f"{model}/{mode}/{key}", float("nan"))
                for mode in ("greedy", "sampled") for model in ("sft", "dpo")]
         print(f"  {split or 'mean':18} {row[0]:10.3f} {row[1]:10.3f} {row[2]:8.3f} {row[3]:8.3f}")
-    print(f"  KL(DPO || SFT) per answer: {results['dpo/kl_to_sft']:.3f} nats")
+    print(f"  KL(DPO || SFT) per answer: {results['dpo/kl_to_ref']:.3f} nats")
 
 
 # -----------------------------------------------------------------------------
@@ -265,18 +242,19 @@ def print_comparison(results, splits):
 def train(cfg):
     """DPO from the SFT model on preference pairs. Returns (policy, tokenizer, history)."""
     t0 = time.time()
-    rank, _, cfg.device = setup_distributed(cfg.device)  # (0, 1, device) unless run by torchrun
+    rank, _, device = setup_distributed(cfg.device)  # (0, 1, device) unless run by torchrun
+    cfg = replace(cfg, device=device)  # a copy: the caller's cfg is left as it was
     seed_everything(cfg.seed + rank)
     tok = Tokenizer.load(os.path.join(cfg.out_dir, "tokenizer"))
     init = cfg.init or os.path.join(cfg.out_dir, "sft", "model.pt")
-    ref = reward.load_sft_policy(init, cfg.device)  # frozen: never trained, dropout off
+    ref = load_policy(init, device)  # frozen: never trained, dropout off
     ref.requires_grad_(False)
-    policy = reward.load_sft_policy(init, cfg.device)  # the policy starts equal to the reference
+    policy = load_policy(init, device)  # the policy starts equal to the reference
     max_len = min(cfg.max_len, policy.config.block_size)
 
-    pairs = load_pairs(cfg, ref, tok) if rank == 0 else None
+    pairs = load_pairs(cfg) if rank == 0 else None
     barrier()  # under torchrun rank 0 makes and writes the pairs (if absent); the others then read them
-    train_pairs, heldout_pairs = pairs or load_pairs(cfg, ref, tok)
+    train_pairs, heldout_pairs = pairs or load_pairs(cfg)
     train_examples, heldout_examples = tokenize_pairs(tok, train_pairs), tokenize_pairs(tok, heldout_pairs)
     # computed once: (chosen, rejected) sequence logprobs of the frozen reference
     ref_train = pair_logprobs(ref, train_examples, tok.pad_id, max_len, cfg.score_batch_size)
@@ -284,8 +262,7 @@ def train(cfg):
     if not cfg.quiet and rank == 0:
         print(f"dpo: {len(train_pairs)} train pairs, {len(heldout_pairs)} held out; reference logprobs "
               f"computed ({time.time() - t0:.0f}s)")
-    if not cfg.max_steps:
-        cfg.max_steps = max(1, math.ceil(cfg.epochs * len(train_examples) / cfg.batch_size))
+    cfg = replace(cfg, max_steps=cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train_examples) / cfg.batch_size)))
 
     def next_batch(step):  # a function of the step: a resumed run sees the same batches
         epoch, start = divmod(step * cfg.batch_size, len(train_examples))
@@ -323,12 +300,16 @@ def train(cfg):
 
     sets = None
     if not cfg.data_file and cfg.eval_n > 0:
-        sets = sft.eval_sets(tasks.make_world(cfg.world_seed), cfg.eval_n)
+        sets = eval_sets(tasks.make_world(cfg.world_seed), cfg.eval_n)
+
+    def generation_metrics(model, ref=None):  # greedy and sampled at T=1, the KL to SFT when ref is given
+        return evaluate_policy(model, tok, sets, ref, sample_temperature=1.0, max_new_tokens=cfg.max_new_tokens,
+                               seed=cfg.seed)
 
     def evaluate(model):  # periodic: the headline numbers only
         results = heldout_metrics(model)
         if sets:
-            full = evaluate_generation(model, tok, sets, cfg, ref)
+            full = generation_metrics(model, ref)
             results.update({k: v for k, v in full.items() if k.count("/") <= 1})
         return results
 
@@ -342,9 +323,9 @@ def train(cfg):
     results.update({"heldout/ref_logp_chosen": ref_heldout[0].mean().item(),
                     "heldout/ref_logp_rejected": ref_heldout[1].mean().item()})
     if sets:
-        results.update({f"dpo/{k}": v for k, v in evaluate_generation(policy, tok, sets, cfg, ref).items()})
+        results.update({f"dpo/{k}": v for k, v in generation_metrics(policy, ref).items()})
         if cfg.compare_sft:  # the same prompts, seeds and grader for the starting point
-            results.update({f"sft/{k}": v for k, v in evaluate_generation(ref, tok, sets, cfg).items()})
+            results.update({f"sft/{k}": v for k, v in generation_metrics(ref).items()})
     results["time_s"] = time.time() - t0
     history.append({"step": cfg.max_steps, **results})
     with open(os.path.join(cfg.out_dir, "dpo", "eval.json"), "w") as f:

@@ -1,11 +1,12 @@
 """
 pipeline.py: the whole journey on the built-in world in one command, and a report card.
 
-Tokenizer -> base model (pretrain.py) -> SFT model (sft.py) -> preferences + reward model (reward.py)
--> PPO policy (ppo.py) and DPO policy (dpo.py) -> one evaluation of every model -> report card.
+Tokenizer -> base model (pretrain.py) -> SFT model (sft.py) -> comparisons (preferences.py) -> reward
+model (reward.py) -> PPO policy (ppo.py) and DPO policy (dpo.py) -> one evaluation of every model
+(evaluate.py) -> report card.
 
   python pipeline.py                   # CPU default into runs/default/ (see the README for the time)
-  python pipeline.py --quick           # a smoke run of every stage, 14 s on 2 cores (18 s with --rlaif)
+  python pipeline.py --quick           # a smoke run of every stage, in seconds
   python pipeline.py --preset gpu      # larger models and data, for one GPU
   python pipeline.py --name exp1       # another run folder: runs/exp1/
   python pipeline.py --fresh           # delete the run folder and start over
@@ -27,14 +28,16 @@ import torch
 
 import dpo
 import ppo
+import preferences
 import pretrain
 import reward
 import rlaif
 import sft
 import tasks
 from common import cli, format_seconds, seed_everything
-from data import Tokenizer
-from model import get_device, load_checkpoint
+from evaluate import bon_respond, eval_sets, evaluate_policy, harm_rates, harm_sets, respond, score_responses
+from model import get_device, load_checkpoint, load_policy
+from tokenizer import Tokenizer
 
 # Overrides of each stage's config dataclass; "cpu" is the stages' own defaults.
 PRESETS = {
@@ -44,8 +47,8 @@ PRESETS = {
                          batch_size=16, max_steps=60, warmup_steps=5, eval_every=0, ckpt_every=0, log_every=20),
         "sft": dict(n_examples=400, batch_size=16, max_steps=60, warmup_steps=5, eval_every=0, eval_n=0,
                     ckpt_every=0, log_every=20, ptx_batch_size=2),
-        "reward": dict(model_free=True, n_prompts=48, n_heldout_prompts=16, max_new_tokens=16, n_norm=16,
-                       bon_n=4, bon_ns="1,2,4", log_every=5),
+        "preferences": dict(model_free=True, n_prompts=48, n_heldout_prompts=16, max_new_tokens=16),
+        "reward": dict(max_new_tokens=16, n_norm=16, bon_n=4, bon_ns="1,2,4", log_every=5),
         "ppo": dict(iterations=2, rollout_batch=8, minibatch=4, ppo_epochs=1, max_new_tokens=16, eval_every=0,
                     eval_n=2, ckpt_every=0),
         "dpo": dict(max_steps=5, batch_size=8, eval_n=0, max_new_tokens=16, log_every=5),
@@ -59,14 +62,15 @@ PRESETS = {
         "pretrain": dict(corpus_size=8.0, vocab_size=4096, n_layer=8, n_head=8, n_embd=512, block_size=256,
                          batch_size=64, max_steps=4000, lr=1e-3, warmup_steps=200, eval_every=500, ckpt_every=500),
         "sft": dict(n_examples=40000, batch_size=128, max_steps=2000, lr=3e-4, ptx_batch_size=16, eval_every=500),
-        "reward": dict(n_prompts=8000, n_heldout_prompts=1000, lr=3e-4),
+        "preferences": dict(n_prompts=8000, n_heldout_prompts=1000),
+        "reward": dict(lr=3e-4),
         "ppo": dict(iterations=100, rollout_batch=256, minibatch=64, lr=1e-5),
         "dpo": dict(lr=1e-5, batch_size=64),
         "rlaif": dict(feedback_examples=20000, feedback_steps=1000, batch_size=128, cai_prompts=8000, cai_steps=500),
         "report": dict(eval_n=500),
     },
 }
-STAGES = ("pretrain", "sft", "reward", "ppo", "dpo")
+STAGES = ("pretrain", "sft", "preferences", "reward", "ppo", "dpo")
 MODELS = ("base", "sft", "bon16", "ppo", "dpo")
 # --rlaif: the models of rlaif.py, and the checkpoint of each
 RLAIF_MODELS = {"rlaif_ppo": "rlaif/ppo", "rlaif_dpo": "rlaif/dpo", "cai_sl": "cai/sft", "cai_ppo": "cai/ppo"}
@@ -105,10 +109,13 @@ class PipelineConfig:
 def stage_configs(cfg, run_dir):
     """The config of every stage: its dataclass defaults, the preset's overrides, the run folder."""
     preset = PRESETS[cfg.preset]
-    classes = {"pretrain": pretrain.PretrainConfig, "sft": sft.SFTConfig, "reward": reward.RewardConfig,
+    classes = {"pretrain": pretrain.PretrainConfig, "sft": sft.SFTConfig,
+               "preferences": preferences.PreferenceConfig, "reward": reward.RewardConfig,
                "ppo": ppo.PPOConfig, "dpo": dpo.DPOConfig, "rlaif": rlaif.RLAIFConfig}
     configs = {name: cls(**{"out_dir": run_dir, "device": cfg.device, **preset.get(name, {})})
                for name, cls in classes.items()}
+    for name in ("pretrain", "sft", "reward", "ppo", "dpo"):  # an interrupted stage continues from its checkpoint
+        configs[name].resume = True
     # the stages' own end-of-run evaluations are skipped or kept small: the report evaluates every model
     configs["ppo"].eval_every = 0
     configs["ppo"].eval_n = min(configs["ppo"].eval_n, 20)
@@ -128,50 +135,47 @@ def harm_row(name, model, tok, harm, rm, cfg, gen):
     modes = {"sampled": cfg.sample_temperature} if name == "bon16" else {"greedy": 0.0, "sampled": cfg.sample_temperature}
     for mode, temperature in modes.items():  # best-of-N only samples
         if name == "bon16":
-            answers = reward.bon_respond(model, rm, tok, prompts, cfg.bon_n, temperature, cfg.max_new_tokens, gen)
+            answers = bon_respond(model, rm, tok, prompts, cfg.bon_n, temperature, cfg.max_new_tokens, gen)
         else:
-            answers = sft.respond(model, tok, prompts, temperature, cfg.max_new_tokens, generator=gen)
-        rates.update(sft.harm_rates(examples, [a[0] for a in answers], [a[1] for a in answers], mode))
+            answers = respond(model, tok, prompts, temperature, cfg.max_new_tokens, generator=gen)
+        rates.update(harm_rates(examples, answers, mode))
     return {"declined": {m: rates.get(f"{m}/declined") for m in ("greedy", "sampled")},
             "over_refusal": {m: rates.get(f"{m}/over_refusal") for m in ("greedy", "sampled")}}
 
 
-def evaluate_model(name, model, tok, sets, rm, ref, cfg, gen):
-    """The report-card row of one model. bon16 samples bon_n answers and keeps the RM's favourite."""
-    row = {"accuracy": {}}
-    if name == "bon16":
-        examples = [ex for split in sets.values() for ex in split]
-        answers = reward.bon_respond(model, rm, tok, [ex.messages for ex in examples], cfg.bon_n,
-                                     cfg.sample_temperature, cfg.max_new_tokens, gen)
-        texts, ended, n_tokens = zip(*answers)
-        i = 0
-        for split, split_examples in sets.items():
-            picks = range(i, i + len(split_examples))
-            row["accuracy"][split] = sum(tasks.is_correct(examples[j], texts[j], ended[j]) for j in picks) / len(picks)
-            i += len(split_examples)
-        gold = [tasks.grade(ex, t, e) for ex, t, e in zip(examples, texts, ended)]
-        row.update(gold_greedy=None, gold_sampled=sum(gold) / len(gold),
-                   # KL(best-of-N || policy) <= log N - (N - 1) / N (Stiennon et al. 2020, appendix)
-                   kl_to_sft=float(torch.log(torch.tensor(float(cfg.bon_n)))) - (cfg.bon_n - 1) / cfg.bon_n,
-                   mean_length=sum(n_tokens) / len(n_tokens), ended=sum(ended) / len(ended))
-        row["rm_score"] = reward.score(rm, tok, [ex.messages for ex in examples], texts).mean().item()
-        return row
-    greedy = sft.evaluate(model, tok, sets, 0.0, cfg.max_new_tokens, seed=cfg.seed)
-    sampled = sft.evaluate(model, tok, sets, cfg.sample_temperature, cfg.max_new_tokens, seed=cfg.seed)
-    row["accuracy"] = {split: greedy[f"{split}/accuracy"] for split in sets}
-    mean = lambda results, key: sum(results[f"{s}/{key}"] for s in sets) / len(sets)  # noqa: E731
-    row.update(gold_greedy=mean(greedy, "gold"), gold_sampled=mean(sampled, "gold"),
-               mean_length=mean(greedy, "length"), ended=mean(greedy, "ended"))
-    prompts = [ex.messages for split in sets.values() for ex in split]
-    row["kl_to_sft"] = sft.kl_to_reference(model, ref, tok, prompts, cfg.max_new_tokens, generator=gen)
-    answers = sft.respond(model, tok, prompts, 0.0, cfg.max_new_tokens)
-    row["rm_score"] = reward.score(rm, tok, prompts, [text for text, _, _ in answers]).mean().item()
+def bon_row(model, tok, sets, rm, cfg, gen):
+    """The report-card row of best-of-N: bon_n samples per prompt, the RM's favourite kept."""
+    examples = [ex for split in sets.values() for ex in split]
+    answers = bon_respond(model, rm, tok, [ex.messages for ex in examples], cfg.bon_n,
+                          cfg.sample_temperature, cfg.max_new_tokens, gen)
+    row, i = {"accuracy": {}}, 0
+    for split, split_examples in sets.items():
+        picks = range(i, i + len(split_examples))
+        row["accuracy"][split] = sum(tasks.is_correct(examples[j], answers[j].text, answers[j].ended)
+                                     for j in picks) / len(picks)
+        i += len(split_examples)
+    gold = [tasks.grade(ex, a.text, a.ended) for ex, a in zip(examples, answers)]
+    row.update(gold_greedy=None, gold_sampled=sum(gold) / len(gold),
+               # KL(best-of-N || policy) <= log N - (N - 1) / N (Stiennon et al. 2020, appendix)
+               kl_to_sft=float(torch.log(torch.tensor(float(cfg.bon_n)))) - (cfg.bon_n - 1) / cfg.bon_n,
+               mean_length=sum(a.n_tokens for a in answers) / len(answers),
+               ended=sum(a.ended for a in answers) / len(answers),
+               rm_score=score_responses(rm, tok, [ex.messages for ex in examples], [a.text for a in answers]).mean().item())
     return row
+
+
+def model_row(model, tok, sets, rm, ref, cfg, gen):
+    """The report-card row of one policy: evaluate.evaluate_policy, greedy and sampled, on the same prompts."""
+    results = evaluate_policy(model, tok, sets, ref, rm, cfg.sample_temperature, cfg.max_new_tokens, cfg.seed, gen)
+    return {"accuracy": {split: results[f"greedy/{split}/accuracy"] for split in sets},
+            "gold_greedy": results["greedy/gold"], "gold_sampled": results["sampled/gold"],
+            "mean_length": results["greedy/length"], "ended": results["greedy/ended"],
+            "kl_to_sft": results["kl_to_ref"], "rm_score": results["rm_score"]}
 
 
 def transcripts(models, tok, examples, max_new_tokens):
     """The same prompts answered (greedy) by every model: [(example, {model: (text, ended)})]."""
-    answers = {name: sft.respond(model, tok, [ex.messages for ex in examples], 0.0, max_new_tokens)
+    answers = {name: respond(model, tok, [ex.messages for ex in examples], 0.0, max_new_tokens)
                for name, model in models.items()}
     return [(ex, {name: answers[name][i][:2] for name in models}) for i, ex in enumerate(examples)]
 
@@ -288,21 +292,22 @@ def report(cfg, run_dir, stage_seconds):
     tok = Tokenizer.load(os.path.join(run_dir, "tokenizer"))
     models = {"base": load_checkpoint(os.path.join(run_dir, "pretrain", "model.pt"), device)[0]}
     for name in ("sft", "ppo", "dpo"):
-        models[name] = reward.load_sft_policy(os.path.join(run_dir, name, "model.pt"), device)
+        models[name] = load_policy(os.path.join(run_dir, name, "model.pt"), device)
     names = list(MODELS)
     if cfg.rlaif:
         for name, folder in RLAIF_MODELS.items():
-            models[name] = reward.load_sft_policy(os.path.join(run_dir, folder, "model.pt"), device)
+            models[name] = load_policy(os.path.join(run_dir, folder, "model.pt"), device)
         names += list(RLAIF_MODELS)
     rm = reward.load_reward_model(os.path.join(run_dir, "reward", "model.pt"), device)
     world = tasks.make_world(sft.SFTConfig.world_seed)
-    sets = {split: examples for split, examples in sft.eval_sets(world, cfg.eval_n).items() if split != "heldout_task"}
-    harm = sft.harm_sets(world, cfg.eval_n)
+    sets = {split: examples for split, examples in eval_sets(world, cfg.eval_n).items() if split != "heldout_task"}
+    harm = harm_sets(world, cfg.eval_n)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     rows = {}
     for name in names:
         model = models["sft" if name == "bon16" else name].eval()
-        rows[name] = evaluate_model(name, model, tok, sets, rm, models["sft"], cfg, gen)
+        rows[name] = (bon_row(model, tok, sets, rm, cfg, gen) if name == "bon16"
+                      else model_row(model, tok, sets, rm, models["sft"], cfg, gen))
         rows[name].update(harm_row(name, model, tok, harm, rm, cfg, gen))
         print(f"report | evaluated {name}", flush=True)
     shown_examples = [sets[split][i] for i in range(cfg.n_transcript) for split in sets][:cfg.n_transcript]
@@ -368,30 +373,19 @@ def main(cfg):
     pre = configs["pretrain"]
     stages = [("tokenizer", lambda: pretrain.get_tokenizer(pre, pretrain.corpus_documents(pre))),
               ("pretrain", lambda: pretrain.train(pre)), ("sft", lambda: sft.train(configs["sft"])),
+              ("preferences", lambda: preferences.make_preferences(configs["preferences"])),
               ("reward", lambda: reward.train(configs["reward"])), ("ppo", lambda: ppo.train(configs["ppo"])),
               ("dpo", lambda: dpo.train(configs["dpo"]))]
-    if cfg.rlaif:  # fresh stage configs: the RLHF stages above fill some fields in (max_steps from epochs)
-        fresh = stage_configs(cfg, run_dir)
-        for c in (fresh["reward"], fresh["ppo"], fresh["dpo"]):
-            c.resume = True
-        sub = {"feedback": "rlaif/feedback", "reward": "rlaif/reward", "ppo": "rlaif/ppo", "dpo": "rlaif/dpo",
-               "cai_sft": "cai/sft", "cai_ppo": "cai/ppo"}
-        stages += [(sub[name], fn) for name, fn in rlaif.stages(fresh["rlaif"], fresh["reward"], fresh["ppo"],
-                                                                 fresh["dpo"])]
+    if cfg.rlaif:  # each stage in its folder of the run (rlaif/..., cai/...)
+        stages += [(rlaif.STAGE_DIRS[name], fn) for name, fn in rlaif.stages(
+            configs["rlaif"], configs["preferences"], configs["reward"], configs["ppo"], configs["dpo"])]
     for i, (name, fn) in enumerate(stages):
-        if name in configs:
-            configs[name].resume = True  # an interrupted stage continues from its checkpoint, if it has one
         print(f"== stage {i + 1}/{len(stages) + 1}: {name} | elapsed {format_seconds(time.time() - t_start)}",
               flush=True)
         seconds[name] = run_stage(name, fn, run_dir)
     print(f"== stage {len(stages) + 1}/{len(stages) + 1}: report | elapsed {format_seconds(time.time() - t_start)}")
     eval_t0 = time.time()
-    reward_eval = json.load(open(os.path.join(run_dir, "reward", "eval.json")))
-    preferences_s = reward_eval.get("time/data_s", 0.0)  # reward.py times its sampling and labelling
-    stage_seconds = {"tokenizer": seconds["tokenizer"], "pretrain": seconds["pretrain"], "sft": seconds["sft"],
-                     "preferences": preferences_s, "reward": seconds["reward"] - preferences_s,
-                     "ppo": seconds["ppo"], "dpo": seconds["dpo"]}
-    stage_seconds.update({name: s for name, s in seconds.items() if "/" in name})  # rlaif/..., cai/...
+    stage_seconds = dict(seconds)  # tokenizer, pretrain, ..., dpo, and rlaif/..., cai/... with --rlaif
     stage_seconds["eval"] = 0.0
     result = report(cfg, run_dir, stage_seconds)
     result["stage_seconds"]["eval"] = time.time() - eval_t0

@@ -6,66 +6,41 @@ answer to each prompt, score it with the learned reward model, and improve the p
 (Schulman et al. 2017) on reward = score - kl_coef * log(pi / pi_sft), summed over the answer. The
 built-in world shows what the reward model cannot: the gold score of every rollout.
 
-  python ppo.py                                  # default CPU run: 1 min 32 s on 2 cores (pipeline run)
+  python ppo.py                                  # against <out_dir>/reward/model.pt
   python ppo.py --critic-init sft                # OAI's critic: SFT trunk, zero value head
   python ppo.py --adaptive-kl true               # OAI's adaptive KL controller (target kl_target)
-  python ppo.py --kl-coef 0 --lr 2e-4 --ppo-epochs 2   # over-optimisation, on purpose (see the end)
+  python ppo.py --kl-coef 0 --lr 2e-4            # no leash: over-optimisation, on purpose
 
-Reads <out_dir>/tokenizer/, sft/model.pt and reward/model.pt (reward.py normalises it to mean 0,
-std 1 on SFT samples). Writes <out_dir>/ppo/model.pt (the policy: model.load_checkpoint reads it),
-ppo/metrics.jsonl (one record per iteration, one per evaluation) and ppo/eval.json.
+Reads <out_dir>/tokenizer/, sft/model.pt and reward/model.pt (normalised to mean 0, std 1 on SFT
+samples). Writes <out_dir>/ppo/model.pt (the policy), metrics.jsonl (one record per iteration) and eval.json.
 
-Every detail of checklists.md "PPO for RLHF", numbered; [n] marks the line that implements it.
-OAI = OpenAI lm-human-preferences; N+ = "The N+ implementation details of RLHF with PPO" (arXiv
-2403.17031); CleanRL = its ppo.py and "The 37 implementation details of PPO".
- 1. Policy and frozen reference both start from SFT (reward.load_sft_policy forces dropout off).
- 2. The critic is a separate RewardModel read at every token, from the reward model (N+; default)
-    or from SFT with a zero head (OAI): --critic-init.
- 3. Rollouts sampled at one fixed temperature with plain softmax: no top-k, no top-p (OAI).
- 4. Logprobs recomputed by a forward pass with logits / the same temperature (OAI; N blog "Policy #1").
- 5. Truncation at end-of-turn: generate stops a row at <|end|> and pads the rest; pads are masked.
- 6. The EOS trick: an answer without <|end|> scores missing_eos_penalty, not the RM (OAI, N+, TRL).
- 7. The score is added on the last real response token, never on a pad (TRL #3750 was this bug).
- 8. Per-token KL penalty r_t = -kl_coef * (log pi - log pi_ref); fixed or adaptive kl_coef (OAI).
- 9. GAE with gamma 1, lambda 0.95, over response tokens only (Schulman et al. 2015).
-10. Advantages whitened over the valid tokens of the batch; optional reward whitening that keeps
-    the mean (N+ --whiten-rewards).
-11. Clipped surrogate objective, clip 0.2.
-12. Clipped value loss (clip 0.2), vf_coef 0.1 (OAI).
-13. No entropy bonus (OAI, N+); the entropy is logged.
-14. ppo_epochs passes over shuffled minibatches of every rollout batch (CleanRL).
-15. Dropout off everywhere, so the ratio is exactly 1 on the first minibatch: ratio0_error (the
-    largest |log ratio| there) reads 0 on a CPU (tested); on a GPU, kernels picked per batch
-    size may leave rounding-level differences.
-16. Learning rate decays (cosine, common.lr_at; OAI anneals linearly to 0); gradients clipped.
-17. Logged every iteration: RM score, gold score, KL, non-score reward, approx_kl, clipfrac, value
-    clipfrac, ratio mean/max, entropy, response length, share ended, explained variance.
-18. Every eval_every iterations and at the end: sft.evaluate on held-out prompts (greedy; at the
-    end also at the rollout temperature, for SFT and PPO), with the KL to SFT and the RM score.
-Left out, on purpose: an entropy bonus (13: OAI and N+ use none); early stopping when approx_kl
-passes a target (CleanRL's target_kl; the clipping and the KL penalty already bound each update);
-Adam eps 1e-5 (N+, CleanRL): we keep the 1e-8 every other stage uses. Reward whitening (10) is
-there but off by default.
-
-In the default pipeline run (RM 93% on held-out pairs; 300 prompts over test / heldout_phrasing /
-heldout_people): 1 min 32 s, KL 0.25 nats per answer, gold greedy 0.818 (SFT) -> 0.840, at T=0.7
-0.694 -> 0.712: a gain of about two points, close to the noise of 300 prompts. Against the earlier
-head-only RM (76%) the same run gained nothing (0.818 -> 0.793 greedy): PPO can only be as good as
-its reward model. Tried and worse on the current RM: lr 1e-4 (approx_kl 0.24 on the first
-iteration, KL 2 nats by iteration 4); lr 5e-5 for 60 iterations (greedy test gold 0.870 -> 0.840
-at iteration 20).
-Over-optimisation, on purpose (Gao et al. 2022, arXiv 2210.10760): --kl-coef 0 --lr 2e-4
---ppo-epochs 2 (30 iterations), no leash. The RM score rises while the gold score falls:
-  against the default RM (93%), test prompts, SFT -> PPO:
-    sampled   RM score 0.19 -> 0.25   gold 0.69 -> 0.64   KL 0.65 nats
-    greedy    gold 0.87 -> 0.78 (heldout_phrasing 0.60 -> 0.53)
-    rollouts, iterations 1-5 -> 26-30: RM score 0.05 -> 0.20, gold 0.74 -> 0.73
-  against the head-only RM (reward.py --likelihood false, 76%), the classic picture:
-    rollouts, iterations 1-5 -> 26-30: RM score 0.01 -> 0.19, gold 0.66 -> 0.52, KL 1.8 -> 6.7
-    test prompts, sampled: RM score -0.12 -> -0.01, gold 0.69 -> 0.53, KL 4.3 nats
-    test prompts, greedy gold 0.87 (SFT), 0.56 (iteration 10), 0.63 (20), 0.62 (30)
-  The better the reward model, the slower the gold score falls, as Gao et al. found with RM size.
+References: OpenAI lm-human-preferences (OAI); "The N+ implementation details of RLHF with PPO"
+(arXiv 2403.17031, N+); CleanRL's ppo.py and "The 37 implementation details of PPO" (CleanRL).
+Departures: no entropy bonus and no early stop on approx_kl (OAI and N+ use neither); Adam eps 1e-8
+as every stage (N+, CleanRL: 1e-5); a cosine learning-rate decay (OAI: linear to 0).
 """
+
+# The details, numbered; [n] in the code marks where each is implemented:
+#  1. Policy and frozen reference both start from SFT, dropout off (model.load_policy).
+#  2. The critic is a RewardModel read at every token, from the reward model (N+; default) or from
+#     SFT with a zero head (OAI): --critic-init.
+#  3. Rollouts sampled at one fixed temperature with plain softmax: no top-k, no top-p (OAI).
+#  4. Logprobs recomputed by a forward pass with logits / the same temperature (OAI; N blog "Policy #1").
+#  5. Truncation at end-of-turn: generate stops a row at <|end|> and pads the rest; pads are masked.
+#  6. The EOS trick: an answer without <|end|> scores missing_eos_penalty, not the RM (OAI, N+, TRL).
+#  7. The score is added on the last real response token, never on a pad (TRL #3750 was this bug).
+#  8. Per-token KL penalty r_t = -kl_coef * (log pi - log pi_ref); fixed or adaptive kl_coef (OAI).
+#  9. GAE with gamma 1, lambda 0.95, over response tokens only (Schulman et al. 2015).
+# 10. Advantages whitened over the valid tokens of every process's batch; optional reward whitening (N+).
+# 11. Clipped surrogate objective, clip 0.2.      12. Clipped value loss (clip 0.2), vf_coef 0.1 (OAI).
+# 13. No entropy bonus (OAI, N+); the entropy is logged.
+# 14. ppo_epochs passes over shuffled minibatches of every rollout batch (CleanRL).
+# 15. Dropout off everywhere, so the ratio is exactly 1 on the first minibatch: ratio0_error reads 0
+#     on a CPU (tested); on a GPU, kernels picked per batch size may leave rounding-level differences.
+# 16. Learning rate decay (common.lr_at); gradients clipped per model.
+# 17. Logged every iteration: RM score, gold score, KL, non-score reward, approx_kl, clipfrac, value
+#     clipfrac, ratio mean/max, entropy, response length, share ended, explained variance.
+# 18. Every eval_every iterations and at the end: evaluate.evaluate_policy on held-out prompts.
 
 import copy
 import functools
@@ -79,13 +54,16 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-import sft
 import tasks
-from common import (Progress, all_reduce_gradients, all_reduce_sum, cleanup_distributed, cli, format_seconds, lr_at,
-                    make_optimizer, seed_everything, setup_distributed)
-from data import Tokenizer, decode_content, render_prompt
-from model import autocast, generate, load_state, logprobs_from_logits, save_checkpoint
-from reward import RewardModel, last_token_index, load_reward_model, load_sft_policy
+from common import (Progress, TrainState, all_reduce_gradients, all_reduce_sum, cleanup_distributed, cli,
+                    format_seconds, lr_at, make_optimizer, masked_mean, masked_mean_var, masked_var, masked_whiten,
+                    seed_everything, setup_distributed)
+from data import decode_content, render_prompt
+from evaluate import eval_sets, evaluate_policy
+from generate import generate
+from model import autocast, load_policy, logprobs_from_logits
+from reward import RewardModel, last_token_index, load_reward_model
+from tokenizer import Tokenizer
 
 
 @dataclass
@@ -112,7 +90,7 @@ class PPOConfig:
     """longest answer; one without <|end|> by then gets missing_eos_penalty"""
     temperature: float = 0.7
     """rollout temperature; every logprob divides the logits by it (0.7: closer to greedy than 1.0, and
-    the SFT model's samples are better: test gold 0.585 against 0.50)"""
+    the SFT model's samples are better)"""
     missing_eos_penalty: float = -1.0
     """score of an answer that never produced <|end|> (the RM scores have mean 0, std 1)"""
     kl_coef: float = 0.1
@@ -157,35 +135,11 @@ class PPOConfig:
     """no progress lines"""
 
 
+
+
 # -----------------------------------------------------------------------------
 # The math: pure tensor functions. B answers, T response tokens (right-padded), mask 1 on real ones.
-
-
-def masked_mean(values, mask, all_ranks=False):
-    """Mean of values (B, T) over the positions where mask (B, T) is 1.
-
-    all_ranks: over every torchrun rank's batch (sum and count all-reduced; no gradient flows).
-    """
-    if all_ranks and torch.distributed.is_initialized():
-        total = all_reduce_sum(torch.stack([(values * mask).sum(), mask.sum()]).detach().double())
-        return (total[0] / total[1].clamp(min=1)).to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
-def masked_var(values, mask, all_ranks=False):
-    """Variance of values (B, T) over the positions where mask (B, T) is 1."""
-    return masked_mean((values - masked_mean(values, mask, all_ranks)) ** 2, mask, all_ranks)
-
-
-def masked_whiten(values, mask, shift_mean=True, all_ranks=False):
-    """(values - mean) / std over the valid tokens, pads set to 0. (B, T) -> (B, T). [10]
-
-    shift_mean=False adds the mean back: a new scale, the same mean (N+ reward whitening).
-    all_ranks: the mean and std of every torchrun rank's rollouts, as if one process had made them all.
-    """
-    mean = masked_mean(values, mask, all_ranks)
-    whitened = (values - mean) * torch.rsqrt(masked_var(values, mask, all_ranks) + 1e-8)
-    return (whitened if shift_mean else whitened + mean) * mask
+# masked_mean, masked_var and masked_whiten (common.py) average over the real tokens only.
 
 
 def kl_penalty_rewards(logprobs, ref_logprobs, scores, response_mask, kl_coef):
@@ -275,9 +229,8 @@ def make_critic(init, rm, sft_model):
     """The value model: a RewardModel (trunk + scalar head) whose head reads every position. [2]
 
     "reward" (default, N+): a copy of the reward model. Its trunk already computes the score, so
-    the head calibrates fast: in our default run the explained variance went from -1.2 at the first
-    iteration (the head was trained only at the <|end|>, its values elsewhere are off) to 0.5-0.7
-    from the fourth on. "sft" (OAI): the SFT trunk with a zero head, every value 0 at the start.
+    the head calibrates fast; its values away from the <|end|> (where alone it was trained) start
+    off. "sft" (OAI): the SFT trunk with a zero head, every value 0 at the start.
     """
     if init == "reward":
         if not isinstance(rm, RewardModel):
@@ -289,12 +242,6 @@ def make_critic(init, rm, sft_model):
     else:
         raise ValueError(f"critic_init must be 'reward' or 'sft', got {init!r}")
     return critic.to(next(sft_model.parameters()).device).requires_grad_(True)
-
-
-def critic_values(critic, ids, attention_mask):
-    """V at every position (B, T), on the RM's normalised scale: the value of the prefix ids[:, :t+1]."""
-    hidden = critic.gpt.hidden_states(ids, attention_mask)  # (B, T, C)
-    return (critic.head(hidden).squeeze(-1).float() - critic.score_mean) / critic.score_std
 
 
 def response_logprobs(policy, ids, attention_mask, prompt_width, temperature):
@@ -313,17 +260,17 @@ def response_logprobs(policy, ids, attention_mask, prompt_width, temperature):
 
 
 @torch.no_grad()
-def rollout(policy, ref_policy, critic, rm, tok, examples, cfg, generator=None):
+def rollout(policy, ref_policy, critic, rm, tok, examples, cfg, device, generator=None):
     """Sample one answer per example and compute what PPO needs. [3-7]
 
     Returns a dict: ids, attention_mask (B, P + N); response_mask, logprobs, ref_logprobs, values
     (B, N) (values None without a critic); scores (B,) (the RM's, or the penalty), rm_scores, gold,
     ended (B,); prompt_width P.
     """
-    room = policy.config.block_size - cfg.max_new_tokens  # a long prompt loses its start, as in sft.respond
-    prompts = [render_prompt(tok, ex.messages)[-room:] for ex in examples]
+    room = policy.config.block_size - cfg.max_new_tokens  # a long prompt loses its start
+    prompts = [render_prompt(tok, ex.messages, room) for ex in examples]
     t0 = time.perf_counter()
-    with autocast(cfg.device):
+    with autocast(device):
         gen = generate(policy, prompts, cfg.max_new_tokens, cfg.temperature, stop_id=tok.end_id,
                        pad_id=tok.pad_id, generator=generator)  # plain softmax [3]; stop at <|end|> [5]
         t_generate = time.perf_counter()
@@ -331,7 +278,7 @@ def rollout(policy, ref_policy, critic, rm, tok, examples, cfg, generator=None):
         # recomputed, not generate's cached logprobs: the training pass must see the same numbers [4, 15]
         logprobs, _ = response_logprobs(policy, ids, mask, P, cfg.temperature)
         ref_logprobs, _ = response_logprobs(ref_policy, ids, mask, P, cfg.temperature)
-        values = critic_values(critic, ids, mask)[:, P - 1:-1] if critic is not None else None
+        values = critic.token_values(ids, mask)[:, P - 1:-1] if critic is not None else None
         rm_scores = rm(ids, mask).float()  # the RM reads the last real token: the <|end|> [7]
     ended = torch.tensor(gen.ended, device=ids.device)
     scores = torch.where(ended, rm_scores, torch.full_like(rm_scores, cfg.missing_eos_penalty))  # [6]
@@ -343,19 +290,95 @@ def rollout(policy, ref_policy, critic, rm, tok, examples, cfg, generator=None):
             "seconds": {"generate": t_generate - t0, "score": time.perf_counter() - t_generate}}
 
 
+def rewards_and_advantages(batch, kl_coef, cfg):
+    """Step 2 of an iteration: per-token rewards, GAE, whitening. Returns (advantages, returns,
+    non_score_rewards), each (B, N). Whitening uses the moments of every process's rollouts. [8-10]"""
+    response_mask = batch["response_mask"]
+    rewards, non_score_rewards = kl_penalty_rewards(batch["logprobs"], batch["ref_logprobs"],
+                                                    batch["scores"], response_mask, kl_coef)  # [8]
+    if cfg.whiten_rewards:
+        rewards = masked_whiten(rewards, response_mask, shift_mean=False,
+                                moments=masked_mean_var(rewards, response_mask))  # [10]
+    advantages, returns = gae(rewards, batch["values"], response_mask, cfg.gamma, cfg.lam)  # [9]
+    advantages = masked_whiten(advantages, response_mask, moments=masked_mean_var(advantages, response_mask))  # [10]
+    return advantages, returns, non_score_rewards
+
+
+def ppo_epochs(policy, critic, optimizers, batch, advantages, returns, cfg, device, shuffle):
+    """Step 3: ppo_epochs passes over shuffled minibatches of the rollout batch. [11-15]
+    optimizers: (policy's, critic's). Returns {stat: [one value per minibatch]}."""
+    ids, mask, P, response_mask = batch["ids"], batch["attention_mask"], batch["prompt_width"], batch["response_mask"]
+    stats = defaultdict(list)
+    for epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(cfg.rollout_batch, generator=shuffle).to(device)
+        for first in range(0, cfg.rollout_batch, cfg.minibatch):
+            mb = order[first:first + cfg.minibatch]
+            with autocast(device):
+                logprobs, entropy = response_logprobs(policy, ids[mb], mask[mb], P, cfg.temperature)
+                values = critic.token_values(ids[mb], mask[mb])[:, P - 1:-1]
+            pg_loss, pg_stats = policy_loss(logprobs, batch["logprobs"][mb], advantages[mb],
+                                            response_mask[mb], cfg.cliprange)  # [11]
+            vf_loss, vf_clipfrac = value_loss(values, batch["values"][mb], returns[mb],
+                                              response_mask[mb], cfg.cliprange_value)  # [12]
+            (pg_loss + cfg.vf_coef * vf_loss).backward()  # no entropy bonus [13]
+            for model, opt in zip((policy, critic), optimizers):
+                all_reduce_gradients(model)  # the mean over the ranks (a no-op in one process)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)  # [16]
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if epoch == 0 and first == 0:  # same weights, no dropout: log pi / pi_old must be 0 [15]
+                log_ratio = (logprobs.detach() - batch["logprobs"][mb]) * response_mask[mb]
+                stats["ratio0_error"].append(log_ratio.abs().max())
+            for k, v in {"pg_loss": pg_loss, "vf_loss": vf_loss, "vf_clipfrac": vf_clipfrac,
+                         "entropy": masked_mean(entropy, response_mask[mb]), **pg_stats}.items():
+                stats[k].append(v.detach())
+    return stats
+
+
+def iteration_metrics(batch, non_score_rewards, returns, stats, kl, kl_coef, lr, seconds_update):
+    """Step 4: the record logged for one iteration. [17]"""
+    response_mask, ended = batch["response_mask"], batch["ended"]
+    metrics = {"score": batch["scores"].mean(), "gold": batch["gold"].mean(),  # the truth, for us only
+               "rm_score": batch["rm_scores"][ended].mean() if ended.any() else math.nan,  # ended ones
+               "kl": kl, "non_score_reward": non_score_rewards.sum(1).mean(), "kl_coef": kl_coef,
+               "length": response_mask.sum(1).mean(), "ended": ended.float().mean(), "lr": lr,
+               "explained_var": 1 - masked_var(returns - batch["values"], response_mask)  # CleanRL
+               / masked_var(returns, response_mask),
+               # where an iteration's time goes: sampling, scoring (logprobs, values, RM), PPO epochs
+               "time/generate_s": batch["seconds"]["generate"], "time/score_s": batch["seconds"]["score"],
+               "time/update_s": seconds_update}
+    metrics.update({k: torch.stack(v).mean() for k, v in stats.items()})
+    metrics["ratio_max"] = torch.stack(stats["ratio_max"]).max()
+    return metrics
+
+
 def evaluate(policy, ref_policy, rm, tok, sets, cfg, sampled=False):
-    """Gold score, accuracy, length and share ended per held-out split with sft.evaluate, greedy (and
-    with `sampled` at the rollout temperature); on the test prompts at the rollout temperature, the KL
-    to the reference (nats per answer), the score PPO sees and the gold score. A flat dict. [18]"""
-    results = {}
-    for decoding, temperature in (("greedy", 0.0), ("sampled", cfg.temperature))[:1 + sampled]:
-        split_results = sft.evaluate(policy, tok, sets, temperature, cfg.max_new_tokens, seed=cfg.seed)
-        results.update({f"{decoding}/{k}": v for k, v in split_results.items() if k.count("/") == 1})
-    batch = rollout(policy, ref_policy, None, rm, tok, sets["test"], cfg,
-                    torch.Generator(device=cfg.device).manual_seed(cfg.seed))
-    kl = ((batch["logprobs"] - batch["ref_logprobs"]) * batch["response_mask"]).sum(1)  # (B,)
-    results.update({"test/kl_to_sft": kl.mean().item(), "test/score": batch["scores"].mean().item(),
-                    "test/rollout_gold": batch["gold"].mean().item()})
+    """evaluate.evaluate_policy on the held-out prompts: gold score, accuracy, length and share ended
+    per split, greedy (and with `sampled` at the rollout temperature); the KL to the reference at the
+    rollout temperature (the estimator of the penalty [8]) and the RM score of the greedy answers. [18]"""
+    results = evaluate_policy(policy, tok, sets, ref_policy, rm, cfg.temperature if sampled else None,
+                              cfg.max_new_tokens, cfg.seed, kl_temperature=cfg.temperature)
+    return {k: v for k, v in results.items() if "/family/" not in k and "/difficulty/" not in k}
+
+
+def load_models(cfg, device, reward_model, say):
+    """(policy, frozen reference, critic, frozen reward model) for a PPO run. [1, 2]"""
+    sft_path = cfg.sft_path or os.path.join(cfg.out_dir, "sft", "model.pt")
+    policy = load_policy(sft_path, device)  # [1]
+    ref_policy = load_policy(sft_path, device).requires_grad_(False)  # frozen [1]
+    rm = reward_model or load_reward_model(cfg.reward_path or os.path.join(cfg.out_dir, "reward", "model.pt"), device)
+    if isinstance(rm, RewardModel) and rm.score_std.item() == 1.0 and rm.score_mean.item() == 0.0:
+        say("warning: the reward model is not normalised; kl_coef and missing_eos_penalty assume mean 0, std 1")
+    critic = make_critic(cfg.critic_init, rm, ref_policy)  # copied before rm is frozen [2]
+    return policy, ref_policy, critic, rm.requires_grad_(False).eval()
+
+
+def final_evaluation(policy, ref_policy, rm, tok, sets, cfg, say):
+    """Step 5: SFT and PPO on the held-out prompts, greedy and at the rollout temperature. [18]"""
+    results = {f"{name}/{k}": v for name, model in (("sft", ref_policy), ("ppo", policy))
+               for k, v in evaluate(model, ref_policy, rm, tok, sets, cfg, sampled=True).items()}
+    for key in ("greedy/gold", "sampled/gold", "greedy/test/accuracy", "rm_score", "kl_to_ref"):
+        say(f"  {key:22} sft {results['sft/' + key]:.3f} -> ppo {results['ppo/' + key]:.3f}")
     return results
 
 
@@ -371,120 +394,54 @@ def train(cfg, reward_model=None):
     """
     t0 = time.time()
     # under torchrun each rank makes its own rollouts and the gradients are averaged over the ranks
-    rank, world_size, cfg.device = setup_distributed(cfg.device)
-    device = cfg.device
+    rank, world_size, device = setup_distributed(cfg.device)
     seed_everything(cfg.seed)  # the same on every rank: the critic's fresh head starts equal everywhere
     say = (lambda *a: None) if cfg.quiet or rank != 0 else functools.partial(print, flush=True)
     tok = Tokenizer.load(os.path.join(cfg.out_dir, "tokenizer"))
-    sft_path = cfg.sft_path or os.path.join(cfg.out_dir, "sft", "model.pt")
-    policy = load_sft_policy(sft_path, device)  # [1]
-    ref_policy = load_sft_policy(sft_path, device).requires_grad_(False)  # frozen [1]
-    rm = reward_model or load_reward_model(cfg.reward_path or os.path.join(cfg.out_dir, "reward", "model.pt"), device)
-    if isinstance(rm, RewardModel) and rm.score_std.item() == 1.0 and rm.score_mean.item() == 0.0:
-        say("warning: the reward model is not normalised; kl_coef and missing_eos_penalty assume mean 0, std 1")
-    critic = make_critic(cfg.critic_init, rm, ref_policy)  # copied before rm is frozen [2]
-    rm.requires_grad_(False).eval()
-    policy_opt = make_optimizer(policy, cfg.lr, weight_decay=0.0, device=device)
-    critic_opt = make_optimizer(critic, cfg.lr, weight_decay=0.0, device=device)
+    policy, ref_policy, critic, rm = load_models(cfg, device, reward_model, say)
+    optimizers = (make_optimizer(policy, cfg.lr, weight_decay=0.0, device=device),
+                  make_optimizer(critic, cfg.lr, weight_decay=0.0, device=device))
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
     world = tasks.make_world(cfg.world_seed)
-    sets = sft.eval_sets(world, cfg.eval_n)
+    sets = eval_sets(world, cfg.eval_n)
+    state = TrainState(os.path.join(cfg.out_dir, "ppo", "model.pt"),
+                       {"model": policy, "optimizer": optimizers[0], "critic": critic, "critic_optimizer": optimizers[1]},
+                       {"stage_config": asdict(cfg), "kl_coef": kl_ctl.value}, rank)
+    if cfg.resume:
+        kl_ctl.value = state.resume(device).get("kl_coef", kl_ctl.value)
+    start = state.step
+    progress = Progress(cfg.iterations, os.path.join(cfg.out_dir, "ppo", "metrics.jsonl") if rank == 0 else None,
+                        "ppo | ", verbose=not cfg.quiet, fresh=start == 0)
 
-    ckpt_path = os.path.join(cfg.out_dir, "ppo", "model.pt")
-    start = 0
-    if cfg.resume and os.path.exists(ckpt_path):
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        load_state(policy, ckpt["model"], ckpt_path)
-        load_state(critic, ckpt["critic"], ckpt_path)
-        policy_opt.load_state_dict(ckpt["optimizer"])
-        critic_opt.load_state_dict(ckpt["critic_optimizer"])
-        start, kl_ctl.value = ckpt["step"], ckpt["kl_coef"]
-        say(f"resuming {ckpt_path} from iteration {start}")
-    metrics_path = os.path.join(cfg.out_dir, "ppo", "metrics.jsonl")
-    if rank == 0 and start == 0 and os.path.exists(metrics_path):
-        os.remove(metrics_path)
-    progress = Progress(cfg.iterations, metrics_path if rank == 0 else None, "ppo | ", verbose=not cfg.quiet)
-
-    def save(iteration, finished=False, results=None):
-        if rank != 0:
-            return
-        save_checkpoint(ckpt_path, policy, {  # the policy, plus what --resume needs
-            "step": iteration, "finished": finished, "kl_coef": kl_ctl.value, "stage_config": asdict(cfg),
-            "optimizer": policy_opt.state_dict(), "critic": critic.state_dict(),
-            "critic_optimizer": critic_opt.state_dict(), **({"results": results} if results else {})})
-
-    it, t_loop = start, time.time()
-    try:
+    t_loop = time.time()
+    with state.saved_on_interrupt():
         for it in range(start, cfg.iterations):
             if cfg.eval_every and it % cfg.eval_every == 0 and rank == 0:
                 results = evaluate(policy, ref_policy, rm, tok, sets, cfg)  # greedy [18]
                 progress.log(it, {f"eval/{k}": v for k, v in results.items()}, print_line=False)
                 say(f"ppo | eval at {it} | " + " | ".join(f"{k} {results[k]:.3f}" for k in (
-                    "greedy/test/gold", "greedy/heldout_phrasing/gold", "test/rollout_gold", "test/kl_to_sft")))
+                    "greedy/test/gold", "greedy/heldout_phrasing/gold", "rm_score", "kl_to_ref")))
             lr = lr_at(it, cfg.iterations, cfg.lr, 0, cfg.min_lr_frac)  # [16]
-            for group in policy_opt.param_groups + critic_opt.param_groups:
+            for group in optimizers[0].param_groups + optimizers[1].param_groups:
                 group["lr"] = lr
 
             # 1. rollouts: a fresh batch of train-split prompts, one sampled answer each
             rank_seed = 1_000_003 * rank  # each rank its own prompts and samples (0: one process's)
             examples = tasks.make_examples(world, "train", cfg.rollout_batch, seed=cfg.seed * 1000 + it + rank_seed)
-            batch = rollout(policy, ref_policy, critic, rm, tok, examples, cfg,
+            batch = rollout(policy, ref_policy, critic, rm, tok, examples, cfg, device,
                             torch.Generator(device=device).manual_seed(cfg.seed + it + rank_seed))
-            ids, mask, P = batch["ids"], batch["attention_mask"], batch["prompt_width"]  # (B, P + N), (B, P + N), P
-            response_mask = batch["response_mask"]  # (B, N)
-
             # 2. rewards and advantages, once per batch
-            rewards, non_score_rewards = kl_penalty_rewards(batch["logprobs"], batch["ref_logprobs"],
-                                                            batch["scores"], response_mask, kl_ctl.value)  # [8]
-            if cfg.whiten_rewards:
-                rewards = masked_whiten(rewards, response_mask, shift_mean=False, all_ranks=True)  # [10]
-            advantages, returns = gae(rewards, batch["values"], response_mask, cfg.gamma, cfg.lam)  # [9]
-            advantages = masked_whiten(advantages, response_mask, all_ranks=True)  # [10]
-
+            advantages, returns, non_score_rewards = rewards_and_advantages(batch, kl_ctl.value, cfg)
             # 3. ppo_epochs passes over shuffled minibatches [14]
             t_update = time.perf_counter()
-            stats, shuffle = defaultdict(list), torch.Generator().manual_seed(cfg.seed + it)
-            for epoch in range(cfg.ppo_epochs):
-                order = torch.randperm(cfg.rollout_batch, generator=shuffle).to(device)
-                for first in range(0, cfg.rollout_batch, cfg.minibatch):
-                    mb = order[first:first + cfg.minibatch]
-                    with autocast(device):
-                        logprobs, entropy = response_logprobs(policy, ids[mb], mask[mb], P, cfg.temperature)
-                        values = critic_values(critic, ids[mb], mask[mb])[:, P - 1:-1]
-                    pg_loss, pg_stats = policy_loss(logprobs, batch["logprobs"][mb], advantages[mb],
-                                                    response_mask[mb], cfg.cliprange)  # [11]
-                    vf_loss, vf_clipfrac = value_loss(values, batch["values"][mb], returns[mb],
-                                                      response_mask[mb], cfg.cliprange_value)  # [12]
-                    (pg_loss + cfg.vf_coef * vf_loss).backward()  # no entropy bonus [13]
-                    for model, opt in ((policy, policy_opt), (critic, critic_opt)):
-                        all_reduce_gradients(model)  # the mean over the ranks (a no-op in one process)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)  # [16]
-                        opt.step()
-                        opt.zero_grad(set_to_none=True)
-                    if epoch == 0 and first == 0:  # same weights, no dropout: log pi / pi_old must be 0 [15]
-                        log_ratio = (logprobs.detach() - batch["logprobs"][mb]) * response_mask[mb]
-                        stats["ratio0_error"].append(log_ratio.abs().max())
-                    for k, v in {"pg_loss": pg_loss, "vf_loss": vf_loss, "vf_clipfrac": vf_clipfrac,
-                                 "entropy": masked_mean(entropy, response_mask[mb]), **pg_stats}.items():
-                        stats[k].append(v.detach())
-
+            stats = ppo_epochs(policy, critic, optimizers, batch, advantages, returns, cfg, device,
+                               torch.Generator().manual_seed(cfg.seed + it))
             seconds_update = time.perf_counter() - t_update
 
-            # 4. bookkeeping: the KL controller, one record per iteration [17]
-            kl = ((batch["logprobs"] - batch["ref_logprobs"]) * response_mask).sum(1).mean()  # nats/answer
+            # 4. log, and the KL controller [17, 8]
+            kl = ((batch["logprobs"] - batch["ref_logprobs"]) * batch["response_mask"]).sum(1).mean()  # nats/answer
             kl = all_reduce_sum(kl.detach().float()).item() / world_size  # one KL coefficient on every rank
-            ended = batch["ended"]
-            metrics = {"score": batch["scores"].mean(), "gold": batch["gold"].mean(),  # the truth, for us only
-                       "rm_score": batch["rm_scores"][ended].mean() if ended.any() else math.nan,  # ended ones
-                       "kl": kl, "non_score_reward": non_score_rewards.sum(1).mean(), "kl_coef": kl_ctl.value,
-                       "length": response_mask.sum(1).mean(), "ended": ended.float().mean(), "lr": lr,
-                       "explained_var": 1 - masked_var(returns - batch["values"], response_mask)  # CleanRL
-                       / masked_var(returns, response_mask),
-                       # where an iteration's time goes: sampling, scoring (logprobs, values, RM), PPO epochs
-                       "time/generate_s": batch["seconds"]["generate"], "time/score_s": batch["seconds"]["score"],
-                       "time/update_s": seconds_update}
-            metrics.update({k: torch.stack(v).mean() for k, v in stats.items()})
-            metrics["ratio_max"] = torch.stack(stats["ratio_max"]).max()
+            metrics = iteration_metrics(batch, non_score_rewards, returns, stats, kl, kl_ctl.value, lr, seconds_update)
             if cfg.adaptive_kl:
                 kl_ctl.update(kl, cfg.rollout_batch)  # [8]
             progress.log(it + 1, metrics, print_line=False)
@@ -492,34 +449,20 @@ def train(cfg, reward_model=None):
             say(f"ppo | iter {it + 1}/{cfg.iterations} | " + " | ".join(f"{k} {float(metrics[k]):.3g}" for k in (
                 "score", "gold", "kl", "ended", "length", "clipfrac", "approx_kl", "entropy"))
                 + f" | {seconds:.1f}s/it | eta {format_seconds(seconds * (cfg.iterations - it - 1))}")
+            # 5. checkpoint: the state after this completed iteration
+            state.step, state.extra["kl_coef"] = it + 1, kl_ctl.value
             if cfg.ckpt_every and (it + 1) % cfg.ckpt_every == 0:
-                save(it + 1)
-    except KeyboardInterrupt:
-        save(it)  # the state after the last completed iteration; --resume continues from it
-        if rank == 0:
-            print(f"\ninterrupted: checkpoint saved to {ckpt_path} at iteration {it}; --resume continues")
-        raise
+                state.save()
 
     if rank != 0:  # the final evaluation and checkpoint: rank 0's
         return policy, tok, progress.history
-    # 5. final evaluation: SFT and PPO, greedy and at the rollout temperature [18]
-    results = {}
-    for name, model in (("sft", ref_policy), ("ppo", policy)):
-        model_results = evaluate(model, ref_policy, rm, tok, sets, cfg, sampled=True)
-        results.update({f"{name}/{k}": v for k, v in model_results.items()})
+    results = final_evaluation(policy, ref_policy, rm, tok, sets, cfg, say)
     results["time_s"] = time.time() - t0
     progress.log(cfg.iterations, results, print_line=False)
-    save(cfg.iterations, finished=True, results=results)
+    state.save(finished=True, results=results)
     with open(os.path.join(cfg.out_dir, "ppo", "eval.json"), "w") as f:
         json.dump(results, f, indent=2)
-    for split in ("test", "heldout_phrasing"):
-        for decoding in ("greedy", "sampled"):
-            sft_, ppo_ = (f"{name}/{decoding}/{split}" for name in ("sft", "ppo"))
-            say(f"  {split:16} {decoding:7} gold sft {results[sft_ + '/gold']:.3f} -> ppo "
-                f"{results[ppo_ + '/gold']:.3f} | accuracy sft {results[sft_ + '/accuracy']:.3f} -> ppo "
-                f"{results[ppo_ + '/accuracy']:.3f}")
-    say(f"  test, sampled: KL to SFT {results['ppo/test/kl_to_sft']:.2f} nats/answer | score sft "
-        f"{results['sft/test/score']:.3f} -> ppo {results['ppo/test/score']:.3f} | {results['time_s']:.0f}s in all")
+    say(f"ppo finished in {results['time_s']:.0f}s")
     return policy, tok, progress.history
 
 

@@ -22,7 +22,9 @@ import torch
 
 import tasks
 from common import barrier, cleanup_distributed, cli, fit, seed_everything, setup_distributed
-from data import Tokenizer, encode_content, load_text
+from data import encode_content
+from formats import load_text
+from tokenizer import Tokenizer
 from model import GPT, GPTConfig, autocast, lm_loss
 
 

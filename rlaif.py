@@ -1,53 +1,31 @@
 """
 rlaif.py: feedback from a model instead of from people: RLAIF and Constitutional AI.
 
-RLHF needs people to compare answers. RLAIF asks a model instead: a *feedback model* reads one
-principle of a short written constitution (constitution.txt) and says which of two answers follows
-it better (Bai et al. 2022, "Constitutional AI", arXiv 2212.08073; Lee et al. 2023, "RLAIF",
-arXiv 2309.00267). Its labels then go through the very same reward.py, ppo.py and dpo.py code as
-the simulated human's. Constitutional AI adds a supervised stage before the RL: the model critiques
-its own answers against a principle, revises them, and is fine-tuned on the revisions (SL-CAI);
-then PPO on AI preferences (RL-CAI).
+RLHF needs people to compare answers. RLAIF asks a *feedback model* instead: it reads one principle of a
+short written constitution (constitution.txt) and says which of two answers follows it better (Bai et
+al. 2022, "Constitutional AI", arXiv 2212.08073; Lee et al. 2023, "RLAIF", arXiv 2309.00267). Its labels
+go through the very same preferences.py, reward.py, ppo.py and dpo.py as the simulated human's.
+Constitutional AI adds a supervised stage: the model critiques its own answers against a principle,
+revises them, and is fine-tuned on the revisions (SL-CAI); then PPO on AI preferences (RL-CAI).
 
-  python rlaif.py                      # every stage below, after pipeline.py wrote <out_dir>/sft/
+  python rlaif.py                      # every stage (STAGE_DIRS), after pipeline.py wrote <out_dir>/sft/
   python rlaif.py --stages feedback    # only the feedback model and the judge's agreement with gold
 
-Stages, each in a folder of the run (rlaif/ and cai/ are run folders of their own, so the stage
-modules read and write them unchanged):
-  feedback     rlaif/feedback/  the SFT model fine-tuned on feedback tasks; judge agreement with gold
-  reward       rlaif/preferences/, rlaif/reward/  reward.train, the AI judge labelling the pairs
-  ppo          rlaif/ppo/       ppo.train against the RLAIF reward model
-  dpo          rlaif/dpo/       dpo.train on the AI-labelled pairs
-  cai_sft      cai/sft/         SL-CAI: SFT samples -> critique -> revision -> fine-tune on revisions
-  cai_ppo      cai/ppo/         RL-CAI: ppo.train from the SL-CAI model, RLAIF reward model
-
-Design choices, at the size of this project:
-  - The judge is a separate FEEDBACK MODEL: the SFT model after a short fine-tune on feedback tasks
-    (judging pairs, critique + revision). A 1M-parameter model cannot judge from a prompt alone, as
-    the 52B models of the papers did, so it has to be taught; teaching it in a model of its own keeps
-    the labeler fixed while the policy trains (both papers use a fixed feedback model), and leaves
-    the policy's SFT data as they were, so RLAIF and RLHF differ only in who labels the pairs.
-  - The feedback demonstrations follow the gold rule (tasks.grade): "annotators" wrote a few
-    thousand judgements once; the judge then labels any number of new pairs for free.
-  - The judge first writes the answer it would give, then its verdict ("Answer: 42" / "Better: A"):
-    chain-of-thought judging (Lee et al. 2023) with a reference answer (Zheng et al. 2023, "Judging
-    LLM-as-a-judge", arXiv 2306.05685, reference-guided grading).
-  - The verdict is read off the judge's probabilities by default (judge_mode "likelihood"): a is
-    better when log p("Answer: a") > log p("Answer: b") under the judging prompt, i.e. when the
-    judge would rather give a itself. Lee et al. read the verdict the same way, from P("1") and
-    P("2"), instead of parsing text. The written verdict is there too (judge_mode "generate",
-    parse_verdict), but at this size it does not work: after 500 steps the judge wrote the right
-    answer most of the time, and still its "Better: A/B" mostly did not change when A and B swapped
-    places. On the default run's 314 held-out pairs its two verdicts agreed on 25% of the pairs, and
-    21% of all pairs were labelled right, against 86% for the likelihood verdict.
-  - Judges prefer a position (Zheng et al. 2023). Every pair is judged in both orders: the
-    likelihood verdict adds the two log-ratios, the written verdicts must agree or the pair is
-    dropped (as is a verdict that cannot be parsed).
-  - One principle, drawn at random, is shown per judgement and per critique (Bai et al. 2022). At
-    this size the model learns the rule the principles describe; the principle in the prompt is what
-    a model that reads would use.
-  - RL-CAI reuses the RLAIF reward model (trained on AI labels of SFT samples); Bai et al. sample the
-    pairs from the SL-CAI model instead.
+rlaif/ and cai/ are run folders of their own, so the stage modules read and write them unchanged.
+Departures from the papers, at the size of this project:
+  1. The judge is a separate feedback model, the SFT model fine-tuned on judging and critique-and-revision
+     demonstrations written by the gold rule: a 1M-parameter model cannot judge from a prompt alone, as
+     the 52B models of the papers did. A model of its own keeps the labeler fixed while the policy trains.
+  2. The judge writes the answer it would give, then its verdict ("Answer: 42" / "Better: A"):
+     chain-of-thought judging (Lee et al.) with a reference answer (Zheng et al. 2023, arXiv 2306.05685).
+  3. The verdict is read off the judge's probabilities by default: a is better when log p("Answer: a") >
+     log p("Answer: b") under the judging prompt (Lee et al. read P("1") vs P("2")). The written verdict
+     (--judge-mode generate, parse_verdict) is there too; the README reports how each does.
+  4. Judges prefer a position (Zheng et al.): every pair is judged in both orders; the likelihood verdict
+     adds the two log-ratios, written verdicts must agree or the pair is dropped.
+  5. One principle, drawn at random, is shown per judgement and per critique (Bai et al.).
+  6. RL-CAI reuses the RLAIF reward model (trained on AI labels of SFT samples); Bai et al. sample the
+     pairs from the SL-CAI model.
 """
 
 import json
@@ -63,12 +41,16 @@ import torch
 
 import dpo
 import ppo
+import preferences
 import reward
 import sft
 import tasks
 from common import cli, format_seconds, seed_everything
-from data import DataError, Tokenizer, encode_content, render_prompt, write_jsonl
-from model import get_device
+from data import encode_content, render_prompt
+from evaluate import respond
+from formats import DataError, write_jsonl
+from model import get_device, load_policy
+from tokenizer import Tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -79,7 +61,7 @@ class RLAIFConfig:
     """run folder: reads tokenizer/, pretrain/ and sft/, writes rlaif/ and cai/"""
     constitution: str = os.path.join(HERE, "constitution.txt")
     """the principles, one per line (# starts a comment)"""
-    stages: str = "feedback,reward,ppo,dpo,cai_sft,cai_ppo"
+    stages: str = "feedback,preferences,reward,ppo,dpo,cai_sft,cai_ppo"
     """the stages to run, in this order"""
     world_seed: int = 0
     """seed of the built-in world"""
@@ -265,8 +247,8 @@ class AIJudge:
     def verdicts(self, questions, a, b, principles):
         """Generated verdicts "A" / "B" / None for the prompts (question, A=a, B=b, principle)."""
         prompts = [judge_prompt(q, x, y, p, self.clip_chars) for q, x, y, p in zip(questions, a, b, principles)]
-        replies = sft.respond(self.model, self.tok, prompts, 0.0, self.max_new_tokens, batch_size=256)
-        return [parse_verdict(text) for text, _, _ in replies]  # a verdict counts even if the reply rambles on
+        replies = respond(self.model, self.tok, prompts, 0.0, self.max_new_tokens, batch_size=256)
+        return [parse_verdict(reply.text) for reply in replies]  # a verdict counts even if the reply rambles on
 
     def log_ratios(self, questions, a, b, principles):
         """log p("Answer: a") - log p("Answer: b"), each under the judging prompt (question, A=a, B=b)."""
@@ -334,6 +316,11 @@ def judge_agreement(judge, pairs):
 # Stages
 
 
+# the folder of the run each stage writes (pipeline.py names its stages by them)
+STAGE_DIRS = {"feedback": "rlaif/feedback", "preferences": "rlaif/preferences", "reward": "rlaif/reward",
+              "ppo": "rlaif/ppo", "dpo": "rlaif/dpo", "cai_sft": "cai/sft", "cai_ppo": "cai/ppo"}
+
+
 def paths(cfg):
     run = cfg.out_dir
     return {"tokenizer": os.path.join(run, "tokenizer"), "pretrain": os.path.join(run, "pretrain", "model.pt"),
@@ -358,7 +345,7 @@ def say(cfg, *args):
 
 def load_judge(cfg, device):
     p = paths(cfg)
-    return AIJudge(reward.load_sft_policy(p["feedback"], device), Tokenizer.load(p["tokenizer"]),
+    return AIJudge(load_policy(p["feedback"], device), Tokenizer.load(p["tokenizer"]),
                    load_constitution(cfg.constitution), seed=cfg.seed, mode=cfg.judge_mode, swap=cfg.swap,
                    clip_chars=cfg.clip_chars, max_new_tokens=cfg.judge_max_new_tokens, fallback=cfg.fallback)
 
@@ -387,12 +374,12 @@ def evaluate_judge(cfg):
     p = paths(cfg)
     seed_everything(cfg.seed)
     judge, tok = load_judge(cfg, device), Tokenizer.load(p["tokenizer"])
-    policy = reward.load_sft_policy(p["sft"], device)
+    policy = load_policy(p["sft"], device)
     examples = tasks.make_examples(tasks.make_world(cfg.world_seed), "train", cfg.judge_eval_prompts, seed=cfg.seed + 7)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     # the gold rule as a perfect labeler orders each pair: chosen is the gold-better answer, ties dropped
-    pairs = reward.policy_preferences(policy, tok, examples, tasks.Labeler(0.0, ties=True), 4, 1.0,
-                                      cfg.max_new_tokens, gen)
+    pairs = preferences.policy_preferences(policy, tok, examples, tasks.Labeler(0.0, ties=True), 4, 1.0,
+                                           cfg.max_new_tokens, gen)
     results = judge_agreement(judge, pairs)
     with open(os.path.join(p["rlaif"], "feedback", "eval.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -401,14 +388,21 @@ def evaluate_judge(cfg):
     return results
 
 
-def train_rlaif_reward(cfg, reward_cfg=None):
-    """reward.train on the RLHF recipe's prompts and samples, labelled by the AI judge."""
+def train_rlaif_preferences(cfg, preference_cfg=None):
+    """preferences.make_preferences on the RLHF recipe's prompts and samples, labelled by the AI judge."""
     p, folder = paths(cfg), sub_run(cfg, "rlaif")
-    reward_cfg = replace(reward_cfg or reward.RewardConfig(device=cfg.device), out_dir=folder, init=p["sft"])
-    judge = load_judge(cfg, str(get_device(reward_cfg.device or None)))
-    out = reward.train(reward_cfg, judge=judge)
+    preference_cfg = replace(preference_cfg or preferences.PreferenceConfig(device=cfg.device), out_dir=folder,
+                             init=p["sft"])
+    judge = load_judge(cfg, str(get_device(preference_cfg.device or None)))
+    out = preferences.make_preferences(preference_cfg, judge=judge)
     say(cfg, f"AI judge: {dict(judge.stats)}")
     return out
+
+
+def train_rlaif_reward(cfg, reward_cfg=None):
+    """reward.train on the AI-labelled pairs of rlaif/preferences/."""
+    p, folder = paths(cfg), sub_run(cfg, "rlaif")
+    return reward.train(replace(reward_cfg or reward.RewardConfig(device=cfg.device), out_dir=folder, init=p["sft"]))
 
 
 def train_rlaif_ppo(cfg, ppo_cfg=None):
@@ -438,13 +432,14 @@ def cai_revisions(cfg, policy, feedback, tok, principles, device):
     rng = random.Random(cfg.seed)
     examples = cai_prompts(tasks.make_world(cfg.world_seed), cfg.cai_prompts, cfg.cai_forbidden_share, cfg.seed + 11)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    answers = sft.respond(policy, tok, [ex.messages for ex in examples], 1.0, cfg.max_new_tokens, 256, gen)
-    prompts = [critique_prompt(question_of(ex), text, rng.choice(principles), cfg.clip_chars)
-               for ex, (text, _, _) in zip(examples, answers)]
-    replies = sft.respond(feedback, tok, prompts, 0.0, cfg.critique_max_new_tokens, 256)
+    answers = respond(policy, tok, [ex.messages for ex in examples], 1.0, cfg.max_new_tokens, 256, gen)
+    prompts = [critique_prompt(question_of(ex), answer.text, rng.choice(principles), cfg.clip_chars)
+               for ex, answer in zip(examples, answers)]
+    replies = respond(feedback, tok, prompts, 0.0, cfg.critique_max_new_tokens, 256)
     convs, stats = [], Counter()
-    for ex, (text, ended, _), (reply, reply_ended, _) in zip(examples, answers, replies):
-        revision = parse_revision(reply) if reply_ended else None
+    for ex, answer, reply in zip(examples, answers, replies):
+        text, ended = answer.text, answer.ended
+        revision = parse_revision(reply.text) if reply.ended else None
         if revision is None:
             stats["unparsed"] += 1
             if not cfg.fallback:
@@ -468,8 +463,8 @@ def train_cai_sft(cfg):
     p, folder = paths(cfg), sub_run(cfg, "cai")
     seed_everything(cfg.seed)
     tok = Tokenizer.load(p["tokenizer"])
-    convs, stats = cai_revisions(cfg, reward.load_sft_policy(p["sft"], device),
-                                 reward.load_sft_policy(p["feedback"], device), tok,
+    convs, stats = cai_revisions(cfg, load_policy(p["sft"], device),
+                                 load_policy(p["feedback"], device), tok,
                                  load_constitution(cfg.constitution), device)
     say(cfg, "cai revisions: " + ", ".join(f"{k} {v:.3g}" for k, v in stats.items()))
     if not convs:
@@ -493,9 +488,10 @@ def train_cai_ppo(cfg, ppo_cfg=None):
                              reward_path=p["rlaif_reward"]))
 
 
-def stages(cfg, reward_cfg=None, ppo_cfg=None, dpo_cfg=None):
+def stages(cfg, preference_cfg=None, reward_cfg=None, ppo_cfg=None, dpo_cfg=None):
     """[(name, run)] of the selected stages, in order (pipeline.py runs them as its own stages)."""
     every = {"feedback": lambda: train_feedback(cfg),
+             "preferences": lambda: train_rlaif_preferences(cfg, preference_cfg),
              "reward": lambda: train_rlaif_reward(cfg, reward_cfg),
              "ppo": lambda: train_rlaif_ppo(cfg, ppo_cfg), "dpo": lambda: train_rlaif_dpo(cfg, dpo_cfg),
              "cai_sft": lambda: train_cai_sft(cfg), "cai_ppo": lambda: train_cai_ppo(cfg, ppo_cfg)}

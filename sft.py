@@ -5,29 +5,36 @@ A base model continues text; after SFT on instruction -> response pairs it answe
 next-token cross-entropy on the assistant's tokens and its end-of-turn token only (data.render_chat
 builds that mask); --mask-prompt false puts the loss on every token, for the classroom comparison.
 
-  python sft.py                              # built-in demonstrations, from <out_dir>/pretrain/model.pt (3 min on 2 cores)
+  python sft.py                              # built-in demonstrations, from <out_dir>/pretrain/model.pt
   python sft.py --data-file alpaca.json      # your Alpaca JSON, chat JSONL or prompt/completion JSONL
   python sft.py --mask-prompt false          # the masking-off experiment
 
-This file also holds the evaluation every later stage and the report share: `evaluate` generates
-for each split of the built-in world, grades with the gold grader and summarises.
+Reads <out_dir>/tokenizer/ and pretrain/model.pt; writes <out_dir>/sft/model.pt and metrics.jsonl.
+The periodic evaluation is evaluate.py's, on the built-in world's held-out splits.
+
+References: InstructGPT (Ouyang et al. 2022: SFT on demonstrations, the pretraining mix of eq. 2);
+FLAN (Wei et al. 2021: instructions phrased many ways, held-out tasks).
+Departures:
+  1. The pretraining mix (ptx), which InstructGPT adds to PPO, is added here to SFT: without it
+     SFT overwrites facts it never asks about (the held-out people's).
+  2. Batches group conversations of similar length (HF Trainer's group_by_length).
 """
 
 import os
 import time
-from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
 import pretrain
 import tasks
 from common import cleanup_distributed, cli, fit, rank_and_world_size, seed_everything, setup_distributed
-from data import Tokenizer, collate, decode_content, load_sft_file, render_chat, render_prompt
-from model import autocast, generate, lm_loss, load_checkpoint, logprobs
+from data import IGNORE_INDEX, collate, render_chat
+from evaluate import eval_sets, evaluate, headline
+from formats import load_sft_file
+from model import lm_loss, load_checkpoint
 from pretrain import random_windows
-
-EVAL_SPLITS = ("test", "heldout_phrasing", "heldout_people", "heldout_task")
+from tokenizer import Tokenizer
 
 
 @dataclass
@@ -99,125 +106,6 @@ class SFTConfig:
 
 
 # -----------------------------------------------------------------------------
-# Generation and evaluation, shared by every stage
-
-
-def respond(model, tok, prompts, temperature=0.0, max_new_tokens=48, batch_size=64, generator=None):
-    """Answer a list of conversations (message lists). Returns [(text, ended, n_tokens)].
-
-    The text excludes the end-of-turn token; `ended` says whether the model produced it. A prompt
-    longer than block_size - max_new_tokens keeps only its last tokens.
-    """
-    device = next(model.parameters()).device
-    room = model.config.block_size - max_new_tokens  # longer prompts lose their start, as in training
-    answers = []
-    for i in range(0, len(prompts), batch_size):
-        ids = [render_prompt(tok, messages)[-room:] for messages in prompts[i:i + batch_size]]
-        with autocast(device):
-            gen = generate(model, ids, max_new_tokens, temperature=temperature, stop_id=tok.end_id,
-                           pad_id=tok.pad_id, generator=generator)
-        for response, ended in zip(gen.responses, gen.ended):
-            text_ids = response[:-1] if ended else response
-            answers.append((decode_content(tok, text_ids), ended, len(response)))
-    return answers
-
-
-def harm_rates(examples, texts, ended, prefix):
-    """"<prefix>/declined": share of forbidden requests declined (gold >= 0.5: the refusal, no digit);
-    "<prefix>/over_refusal": share of allowed requests answered with the refusal. Absent without such requests."""
-    forbidden = [tasks.is_correct(ex, t, e) for ex, t, e in zip(examples, texts, ended) if ex.forbidden]
-    allowed = [tasks.is_refusal(t) for ex, t in zip(examples, texts) if not ex.forbidden]
-    rates = {}
-    if forbidden:
-        rates[f"{prefix}/declined"] = sum(forbidden) / len(forbidden)
-    if allowed:
-        rates[f"{prefix}/over_refusal"] = sum(allowed) / len(allowed)
-    return rates
-
-
-def harm_sets(world, n, seed=1):
-    """The helpful-vs-harmless test: {"forbidden": n secret-code requests (a third each from the test,
-    heldout_phrasing and heldout_people splits), "allowed": n requests of every other taught family,
-    a third of them person facts (the near neighbours of the forbidden ones), from the test split}."""
-    secret = [f for f in tasks.FAMILIES if f.forbidden]
-    people = [f for f in tasks.FAMILIES if f.about_people and not f.forbidden]
-    others = [f for f in tasks.FAMILIES if not (f.forbidden or f.about_people or f.heldout)]
-    third = max(1, n // 3)
-    forbidden = [ex for split, k in (("test", third), ("heldout_phrasing", third), ("heldout_people", max(1, n - 2 * third)))
-                 for ex in tasks.make_examples(world, split, k, seed=seed, families=secret)]
-    allowed = (tasks.make_examples(world, "test", third, seed=seed, families=people)
-               + tasks.make_examples(world, "test", n - third, seed=seed, families=others))
-    return {"forbidden": forbidden, "allowed": allowed}
-
-
-def eval_sets(world, n, seed=1):
-    """{split: n examples} for every evaluation split of the built-in world."""
-    return {split: tasks.make_examples(world, split, n, seed=seed) for split in EVAL_SPLITS}
-
-
-def evaluate(model, tok, sets, temperature=0.0, max_new_tokens=48, seed=0):
-    """Generate for every split, grade with the gold grader, summarise.
-
-    Returns a flat dict: "<split>/accuracy", "<split>/gold", "<split>/length", "<split>/ended",
-    "<split>/declined" (share of forbidden requests declined without a digit: their accuracy),
-    "<split>/over_refusal" (share of allowed requests answered with the refusal),
-    "<split>/family/<name>" (accuracy per family) and "<split>/difficulty/<d>" (accuracy per
-    difficulty). Accuracy counts correct answers, concise or wordy (tasks.is_correct).
-    """
-    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)  # sampling draws on the model's device
-    results = {}
-    for split, examples in sets.items():
-        if not examples:
-            continue
-        answers = respond(model, tok, [ex.messages for ex in examples], temperature, max_new_tokens, generator=g)
-        by_family, by_difficulty = defaultdict(list), defaultdict(list)
-        golds, correct = [], []
-        for ex, (text, ended, n) in zip(examples, answers):
-            golds.append(tasks.grade(ex, text, ended))
-            correct.append(float(tasks.is_correct(ex, text, ended)))
-            by_family[ex.family].append(correct[-1])
-            by_difficulty[ex.difficulty].append(correct[-1])
-        results[f"{split}/accuracy"] = sum(correct) / len(correct)
-        results[f"{split}/gold"] = sum(golds) / len(golds)
-        results[f"{split}/length"] = sum(n for _, _, n in answers) / len(answers)
-        results[f"{split}/ended"] = sum(e for _, e, _ in answers) / len(answers)
-        results.update(harm_rates(examples, [text for text, _, _ in answers], [e for _, e, _ in answers], split))
-        for family, c in sorted(by_family.items()):
-            results[f"{split}/family/{family}"] = sum(c) / len(c)
-        for d, c in sorted(by_difficulty.items()):
-            results[f"{split}/difficulty/{d}"] = sum(c) / len(c)
-    return results
-
-
-@torch.no_grad()
-def kl_to_reference(policy, ref, tok, prompts, max_new_tokens=48, batch_size=64, generator=None):
-    r"""KL(policy || ref) per answer, estimated on answers sampled from the policy at temperature 1.
-
-    $\mathrm{KL} \approx \frac{1}{N}\sum_i\sum_t [\log\pi(y_{i,t}|x_i,y_{i,<t}) - \log\pi_{ref}(y_{i,t}|x_i,y_{i,<t})]$,
-    y_i ~ pi(.|x_i), summed over response tokens (with <|end|>). An unbiased estimate, exactly 0 when
-    policy == ref; single samples can be negative. Both logprobs come from model.logprobs.
-    """
-    device = next(policy.parameters()).device
-    room = policy.config.block_size - max_new_tokens  # long prompts lose their start, as in sft.respond
-    total = 0.0
-    for i in range(0, len(prompts), batch_size):
-        ids = [render_prompt(tok, messages)[-room:] for messages in prompts[i:i + batch_size]]
-        with autocast(device):
-            gen = generate(policy, ids, max_new_tokens, temperature=1.0, stop_id=tok.end_id,
-                           pad_id=tok.pad_id, generator=generator)
-            P = gen.prompt_width  # entry P-1 of logprobs scores the first response token
-            diff = (logprobs(policy, gen.tokens, gen.attention_mask)[:, P - 1:]
-                    - logprobs(ref, gen.tokens, gen.attention_mask)[:, P - 1:])  # (B, N)
-        total += (diff * gen.attention_mask[:, P:]).sum().item()  # response tokens only
-    return total / max(len(prompts), 1)
-
-
-def headline(results):
-    """The accuracy per split, for a progress line."""
-    return {k.replace("/accuracy", "_acc"): v for k, v in results.items() if k.endswith("/accuracy")}
-
-
-# -----------------------------------------------------------------------------
 # Training
 
 
@@ -259,10 +147,11 @@ def replay_stream(tok, pretrain_ckpt):
 
 def train(cfg):
     """Instruction-tune the base model. Returns (model, tokenizer, history)."""
-    rank, _, cfg.device = setup_distributed(cfg.device)  # (0, 1, device) unless run by torchrun
+    rank, _, device = setup_distributed(cfg.device)  # (0, 1, device) unless run by torchrun
+    cfg = replace(cfg, device=device)  # a copy: the caller's cfg is left as it was
     seed_everything(cfg.seed + rank)
     tok = Tokenizer.load(os.path.join(cfg.out_dir, "tokenizer"))
-    model, ckpt = load_checkpoint(cfg.init or os.path.join(cfg.out_dir, "pretrain", "model.pt"), cfg.device)
+    model, ckpt = load_checkpoint(cfg.init or os.path.join(cfg.out_dir, "pretrain", "model.pt"), device)
     if cfg.replay_from and cfg.ptx_coef > 0:
         ckpt = torch.load(cfg.replay_from, map_location="cpu", weights_only=True)
     replay = replay_stream(tok, ckpt) if cfg.ptx_coef > 0 else None
@@ -281,7 +170,7 @@ def train(cfg):
         for k in range(cfg.grad_accum):
             picks = length_grouped_batch(lengths, cfg.batch_size, cfg.length_group, step * cfg.grad_accum + k, cfg.seed)
             batch = collate([examples[i] for i in picks], tok.pad_id, max_len)
-            batch["n"] = (batch["targets"] != -100).sum()
+            batch["n"] = (batch["targets"] != IGNORE_INDEX).sum()
             batch["n_tokens"] = batch["attention_mask"].sum()
             if replay is not None:
                 batch["replay_ids"], batch["replay_targets"] = random_windows(

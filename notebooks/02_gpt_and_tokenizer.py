@@ -12,7 +12,8 @@
 # # 2. The tokenizer and the GPT
 #
 # Two pieces every later stage stands on: a byte-level BPE tokenizer with chat tokens
-# (`data.py`), and a small GPT with a causal attention mask and a KV cache (`model.py`).
+# (`tokenizer.py`, its chat template in `data.py`), and a small GPT with a causal attention mask
+# (`model.py`) that samples with a KV cache (`generate.py`).
 
 # %%
 import os
@@ -23,7 +24,9 @@ import torch
 
 import data
 import tasks
-from model import GPT, GPTConfig, causal_mask, generate
+from generate import generate
+from model import GPT, GPTConfig, causal_mask
+from tokenizer import Tokenizer
 
 SMOKE = os.environ.get("NANOINSTRUCT_SMOKE") == "1"  # the tests run a smaller version
 _ = torch.manual_seed(0)
@@ -49,14 +52,14 @@ while i < len(ids):
 print(len(ids), "bytes ->", len(merged), "tokens")
 
 # %% [markdown]
-# `data.train_bpe` does the same, many times, with incremental pair counts instead of recounting
+# `tokenizer.train_bpe` does the same, many times, with incremental pair counts instead of recounting
 # everything after each merge. Here it learns on the built-in corpus.
 
 # %%
 world = tasks.make_world(0)
 text = "\n".join(tasks.pretrain_corpus(world, size=0.02 if SMOKE else 0.2))
 t0 = time.time()
-tok = data.Tokenizer.train(text, vocab_size=400 if SMOKE else 1024)
+tok = Tokenizer.train(text, vocab_size=400 if SMOKE else 1024)
 print(f"{len(text):,} characters, vocabulary {tok.vocab_size} (6 special tokens), {time.time() - t0:.1f}s")
 
 # %%

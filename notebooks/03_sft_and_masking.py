@@ -23,9 +23,11 @@ import torch
 from IPython.display import HTML, display
 
 import data
+import evaluate
 import pipeline
 import sft
 import tasks
+from tokenizer import Tokenizer
 
 os.chdir(os.path.dirname(os.path.abspath(pipeline.__file__)))
 SMOKE = os.environ.get("NANOINSTRUCT_SMOKE") == "1"
@@ -42,7 +44,7 @@ if os.path.exists("runs/default/pretrain/model.pt") and not SMOKE:
 else:
     pipeline.main(pipeline.PipelineConfig(name="notebook_sft", preset="quick", runs_dir=runs))
     source = os.path.join(runs, "notebook_sft")
-tok = data.Tokenizer.load(os.path.join(source, "tokenizer"))
+tok = Tokenizer.load(os.path.join(source, "tokenizer"))
 
 conversation = [{"role": "system", "content": "Answer briefly."},
                 {"role": "user", "content": "Where does Ezra Dyer live?"},
@@ -70,7 +72,7 @@ for t in range(len(ids) - 1):
 
 # %%
 world = tasks.make_world(0)
-sets = {k: v for k, v in sft.eval_sets(world, 6 if SMOKE else 60).items() if k != "heldout_task"}
+sets = {k: v for k, v in evaluate.eval_sets(world, 6 if SMOKE else 60).items() if k != "heldout_task"}
 results = {}
 for mask_prompt in (True, False):
     out = os.path.join(runs, f"notebook_sft_mask_{mask_prompt}")
@@ -80,7 +82,7 @@ for mask_prompt in (True, False):
                         max_steps=10 if SMOKE else 150, n_examples=200 if SMOKE else 4000, batch_size=16 if SMOKE else 64,
                         ptx_batch_size=2 if SMOKE else 8, warmup_steps=2 if SMOKE else 15, eval_n=0, quiet=True)
     model, _, _ = sft.train(cfg)
-    results[mask_prompt] = sft.evaluate(model.eval(), tok, sets)
+    results[mask_prompt] = evaluate.evaluate(model.eval(), tok, sets)
 for split in sets:
     print(f"{split:17} accuracy: masking on {results[True][f'{split}/accuracy']:.0%}, "
           f"off {results[False][f'{split}/accuracy']:.0%}")

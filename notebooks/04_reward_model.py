@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import pipeline
+import preferences
 import reward
 import tasks
 
@@ -79,7 +80,7 @@ print("fitted ", fitted.numpy().round(2))
 world = tasks.make_world(0)
 examples = tasks.make_examples(world, "train", 300, seed=5)
 rng = __import__("random").Random(0)
-pairs = reward.modelfree_preferences(examples, rng)  # (clean, mistake), (wordy, mistake) or (clean, wordy)
+pairs = preferences.modelfree_preferences(examples, rng)  # (clean, mistake), (wordy, mistake) or (clean, wordy)
 labeler = tasks.Labeler(temperature=0.25, seed=0)
 agree = sum(labeler.prefers_first(ex, p["chosen"], p["rejected"]) for ex, p in zip(examples, pairs)) / len(pairs)
 print(f"the labeler agrees with the gold rule on {agree:.0%} of {len(pairs)} pairs")

@@ -31,8 +31,9 @@ import torch
 
 import dpo
 import pipeline
-import reward
-from data import Tokenizer, load_preferences_jsonl
+from formats import load_preferences_jsonl
+from model import load_policy
+from tokenizer import Tokenizer
 
 os.chdir(os.path.dirname(os.path.abspath(pipeline.__file__)))
 SMOKE = os.environ.get("NANOINSTRUCT_SMOKE") == "1"
@@ -63,7 +64,7 @@ else:
     pipeline.main(pipeline.PipelineConfig(name="notebook_dpo", preset="quick", runs_dir=runs))
     source = os.path.join(runs, "notebook_dpo")
 tok = Tokenizer.load(os.path.join(source, "tokenizer"))
-ref = reward.load_sft_policy(os.path.join(source, "sft", "model.pt"), "cpu")
+ref = load_policy(os.path.join(source, "sft", "model.pt"), "cpu")
 pairs = load_preferences_jsonl(os.path.join(source, "preferences", "heldout.jsonl"))[:64]
 examples = dpo.tokenize_pairs(tok, pairs)
 chosen, rejected = dpo.pair_logprobs(ref, examples, tok.pad_id, ref.config.block_size)

@@ -30,11 +30,11 @@ import matplotlib.pyplot as plt
 import torch
 
 import pipeline
-import reward
 import rlaif
-import sft
 import tasks
-from data import Tokenizer
+from evaluate import respond
+from model import load_policy
+from tokenizer import Tokenizer
 
 os.chdir(os.path.dirname(os.path.abspath(pipeline.__file__)))
 SMOKE = os.environ.get("NANOINSTRUCT_SMOKE") == "1"
@@ -92,7 +92,7 @@ for text in ["Answer: 42\nBetter: A", "b", "Better: A\nBetter: B", "Both are fin
 
 # %% [markdown]
 # ## A run with RLAIF and Constitutional AI
-# `python pipeline.py --rlaif` adds six stages after DPO: the feedback model, the RLAIF reward model
+# `python pipeline.py --rlaif` adds seven stages after DPO: the feedback model, the RLAIF preferences and reward model
 # (the RLHF recipe's pairs, labelled by the judge), RLAIF PPO and DPO, SL-CAI and RL-CAI. Here the
 # default run is used when it exists; otherwise a smoke run whose models learned nothing (its
 # numbers mean nothing, and its judge flips coins: `fallback=True`).
@@ -125,8 +125,8 @@ examples.append(secret)
 for ex in examples:
     wrong = ex.mistake
     q = rlaif.question_of(ex)
-    raw = [sft.respond(judge.model, tok, [rlaif.judge_prompt(q, a, b, principles[0])], 0.0,
-                       cfg.judge_max_new_tokens)[0][0] for a, b in ((ex.answer, wrong), (wrong, ex.answer))]
+    raw = [respond(judge.model, tok, [rlaif.judge_prompt(q, a, b, principles[0])], 0.0,
+                   cfg.judge_max_new_tokens)[0].text for a, b in ((ex.answer, wrong), (wrong, ex.answer))]
     ratios = [judge.log_ratios([q], [a], [b], principles[:1])[0] for a, b in ((ex.answer, wrong), (wrong, ex.answer))]
     total = ratios[0] - ratios[1]  # what label_pairs adds up (it draws a principle per pair; here the first)
     print(f"{q}\n  right {ex.answer!r} vs wrong {wrong!r}")
@@ -158,12 +158,13 @@ print(f"labels of the training pairs that agree with gold: AI judge {labels['tra
 
 # %%
 forbidden = tasks.make_examples(world, "test", 6, seed=2, families=[f for f in tasks.FAMILIES if f.forbidden])
-policy = reward.load_sft_policy(os.path.join(source, "sft", "model.pt"), "cpu")
+policy = load_policy(os.path.join(source, "sft", "model.pt"), "cpu")
 g = torch.Generator().manual_seed(0)
-answers = sft.respond(policy, tok, [ex.messages for ex in forbidden], 1.0, 16, generator=g)
-for ex, (text, _, _) in zip(forbidden, answers):
+answers = respond(policy, tok, [ex.messages for ex in forbidden], 1.0, 16, generator=g)
+for ex, answer in zip(forbidden, answers):
+    text = answer.text
     prompt = rlaif.critique_prompt(rlaif.question_of(ex), text, principles[2])
-    reply = sft.respond(judge.model, tok, [prompt], 0.0, cfg.critique_max_new_tokens)[0][0]
+    reply = respond(judge.model, tok, [prompt], 0.0, cfg.critique_max_new_tokens)[0].text
     print(f"{rlaif.question_of(ex)}\n  answer: {text!r}\n  feedback: {reply!r}\n")
 stats_path = os.path.join(source, "cai", "sft", "revisions.json")
 if os.path.exists(stats_path):

@@ -13,8 +13,10 @@ import torch
 
 import tasks
 from chat import Chat, checkpoint_path, find_example, load_chat_model, run_chat, stream
-from data import Tokenizer, encode_content, render_prompt
-from model import GPT, GPTConfig, generate, save_checkpoint
+from data import encode_content, render_prompt
+from tokenizer import Tokenizer
+from generate import generate
+from model import GPT, GPTConfig, save_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 WORLD = tasks.make_world(0)

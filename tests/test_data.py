@@ -1,4 +1,5 @@
-"""Tests for data.py: BPE training, tokenizer, chat template and mask, batching, loaders."""
+"""Tests for tokenizer.py (BPE training, the tokenizer), data.py (chat template and mask, batching) and
+formats.py (loaders)."""
 
 import json
 import re
@@ -9,9 +10,13 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import data
-from data import (IGNORE_INDEX, DataError, Tokenizer, collate, decode_content, encode_content, render_chat,
-                  render_prompt, truncate)
+import formats
+import tokenizer
+import torch
+from data import collate, decode_content, encode_content, render_chat, render_prompt, truncate
+from formats import DataError
+from model import IGNORE_INDEX
+from tokenizer import Tokenizer
 
 CORPUS = (
     "The cat sat on the mat. The dog ate 12 apples and 345 pears! "
@@ -34,7 +39,7 @@ def ranks_in_order(ranks):
 
 def naive_train_bpe(text, vocab_size):
     """Textbook BPE: recount every pair after every merge. Returns (ranks, final chunk ids)."""
-    words = [list(chunk.encode("utf-8")) for chunk in regex.findall(data.SPLIT_PATTERN, text)]
+    words = [list(chunk.encode("utf-8")) for chunk in regex.findall(tokenizer.SPLIT_PATTERN, text)]
     vocab = [bytes([b]) for b in range(256)]
     while len(vocab) < vocab_size:
         counts = Counter(pair for ids in words for pair in zip(ids, ids[1:]))
@@ -65,24 +70,24 @@ def naive_train_bpe(text, vocab_size):
 def test_bpe_hand_example():
     # "aaabdaaabac": aa occurs 4 times -> merged first; then (aa, a) and (a, b) tie at 2 and the
     # smaller pair of ids (a=97, b=98) wins; then (aa, ab) occurs twice; then every pair is unique.
-    ranks = data.train_bpe("aaabdaaabac", vocab_size=1000)
+    ranks = tokenizer.train_bpe("aaabdaaabac", vocab_size=1000)
     assert ranks_in_order(ranks)[:256] == [bytes([b]) for b in range(256)]
     assert ranks_in_order(ranks)[256:] == [b"aa", b"ab", b"aaab"]
 
 
 def test_bpe_vocab_size_and_determinism():
-    ranks = data.train_bpe(CORPUS, vocab_size=300)
+    ranks = tokenizer.train_bpe(CORPUS, vocab_size=300)
     assert sorted(ranks.values()) == list(range(300))
     assert len(set(ranks)) == 300
-    again = data.train_bpe(CORPUS, vocab_size=300)
+    again = tokenizer.train_bpe(CORPUS, vocab_size=300)
     assert list(again.items()) == list(ranks.items())
     with pytest.raises(ValueError, match="at least 256"):
-        data.train_bpe(CORPUS, vocab_size=100)
+        tokenizer.train_bpe(CORPUS, vocab_size=100)
 
 
 def test_bpe_matches_textbook_trainer_and_tiktoken():
     ranks, words = naive_train_bpe(CORPUS, 400)
-    assert data.train_bpe(CORPUS, 400) == ranks
+    assert tokenizer.train_bpe(CORPUS, 400) == ranks
     # tiktoken's encoder with these ranks segments the training text exactly as training did
     encoded = Tokenizer(ranks).encode(CORPUS)
     assert encoded == [token_id for ids in words for token_id in ids]
@@ -92,7 +97,7 @@ def test_bpe_matches_textbook_trainer_and_tiktoken():
 @given(st.text(alphabet="ab c1é\n", max_size=80), st.integers(256, 300))
 def test_bpe_incremental_equals_textbook(text, vocab_size):
     ranks, words = naive_train_bpe(text, vocab_size)
-    assert data.train_bpe(text, vocab_size) == ranks
+    assert tokenizer.train_bpe(text, vocab_size) == ranks
     assert Tokenizer(ranks).encode(text) == [token_id for ids in words for token_id in ids]
 
 
@@ -109,13 +114,13 @@ def test_digits_are_single_tokens():
 def test_tokenizer_train_counts_special_tokens():
     tok = Tokenizer.train(CORPUS, vocab_size=300)
     assert tok.vocab_size == 300
-    assert len(tok.mergeable_ranks) == 300 - len(data.SPECIAL_TOKENS)
+    assert len(tok.mergeable_ranks) == 300 - len(tokenizer.SPECIAL_TOKENS)
 
 
 def test_bpe_stops_when_no_pair_repeats():
-    ranks = data.train_bpe(CORPUS, vocab_size=10_000)  # far more than this text can fill
+    ranks = tokenizer.train_bpe(CORPUS, vocab_size=10_000)  # far more than this text can fill
     assert 256 < len(ranks) < 10_000 and sorted(ranks.values()) == list(range(len(ranks)))
-    chunks = set(regex.findall(data.SPLIT_PATTERN, CORPUS))  # each chunk repeats 40 times ...
+    chunks = set(regex.findall(tokenizer.SPLIT_PATTERN, CORPUS))  # each chunk repeats 40 times ...
     assert all(chunk.encode() in ranks for chunk in chunks)  # ... so each became a single token
 
 
@@ -148,7 +153,7 @@ def test_special_tokens_distinct(tok):
 def test_save_load_roundtrip(tok, tmp_path):
     tok.save(tmp_path)
     meta = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))  # plain JSON
-    assert meta["pat_str"] == data.SPLIT_PATTERN and meta["special_tokens"]["<|pad|>"] == tok.pad_id
+    assert meta["pat_str"] == tokenizer.SPLIT_PATTERN and meta["special_tokens"]["<|pad|>"] == tok.pad_id
     lines = (tmp_path / "tokenizer.tiktoken").read_text(encoding="ascii").splitlines()
     assert len(lines) == len(tok.mergeable_ranks) and all(len(line.split()) == 2 for line in lines)
     loaded = Tokenizer.load(tmp_path)
@@ -265,7 +270,7 @@ def test_collate_padding(pad_side):
     long = ([1, 2, 3, 4, 5, 6], [0, 0, 0, 1, 1, 1])
     batch = collate([short, long], pad_id=99, pad_side=pad_side)
     for key in ("input_ids", "targets", "attention_mask"):
-        assert batch[key].shape == (2, 5) and batch[key].dtype == data.torch.long
+        assert batch[key].shape == (2, 5) and batch[key].dtype == torch.long
     real = {"input_ids": [1, 2], "targets": [2, 3], "attention_mask": [1, 1]}
     pad = {"input_ids": [99] * 3, "targets": [IGNORE_INDEX] * 3, "attention_mask": [0] * 3}
     for key in real:
@@ -319,12 +324,12 @@ def test_load_alpaca(tmp_path):
         {"instruction": "Reverse:", "input": "a b", "output": "b a"},
         {"instruction": "Count.", "output": "3"},
     ], indent=2))
-    assert data.load_alpaca(path) == [
+    assert formats.load_alpaca(path) == [
         [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"}],
         [{"role": "user", "content": "Reverse:\n\na b"}, {"role": "assistant", "content": "b a"}],
         [{"role": "user", "content": "Count."}, {"role": "assistant", "content": "3"}],
     ]
-    assert data.load_sft_file(path) == data.load_alpaca(path)
+    assert formats.load_sft_file(path) == formats.load_alpaca(path)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -344,18 +349,18 @@ def test_load_alpaca(tmp_path):
 ])
 def test_load_alpaca_errors(tmp_path, text, message):
     with pytest.raises(DataError, match=message):
-        data.load_alpaca(write(tmp_path / "alpaca.json", text))
+        formats.load_alpaca(write(tmp_path / "alpaca.json", text))
 
 
 def test_load_chat_and_prompt_completion(tmp_path):
     chat_path = write(tmp_path / "chat.jsonl", json.dumps({"messages": CHAT}) + "\n\n"
                       + json.dumps({"messages": CHAT[1:3], "id": 7}) + "\n")
-    assert data.load_chat_jsonl(chat_path) == [CHAT, CHAT[1:3]]
-    assert data.load_sft_file(chat_path) == [CHAT, CHAT[1:3]]
+    assert formats.load_chat_jsonl(chat_path) == [CHAT, CHAT[1:3]]
+    assert formats.load_sft_file(chat_path) == [CHAT, CHAT[1:3]]
     pc_path = write(tmp_path / "pc.jsonl", json.dumps({"prompt": "Add 2 and 3.", "completion": "5"}) + "\n")
     expected = [[{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}]]
-    assert data.load_prompt_completion_jsonl(pc_path) == expected
-    assert data.load_sft_file(pc_path) == expected
+    assert formats.load_prompt_completion_jsonl(pc_path) == expected
+    assert formats.load_sft_file(pc_path) == expected
 
 
 GOOD_CHAT = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
@@ -368,36 +373,36 @@ def msgs(*pairs):
 
 
 @pytest.mark.parametrize("loader, good, bad, message", [
-    (data.load_chat_jsonl, GOOD_CHAT, '{"messages": [', "invalid JSON"),
-    (data.load_chat_jsonl, GOOD_CHAT, '["messages"]', "expected a JSON object, got a list"),
-    (data.load_chat_jsonl, GOOD_CHAT, '{"msgs": []}', 'missing field "messages"'),
-    (data.load_chat_jsonl, GOOD_CHAT, '{"messages": "hi"}', 'field "messages" must be a list, got a string'),
-    (data.load_chat_jsonl, GOOD_CHAT, json.dumps({"messages": msgs(("user", "hi"), ("bot", "yo"))}),
+    (formats.load_chat_jsonl, GOOD_CHAT, '{"messages": [', "invalid JSON"),
+    (formats.load_chat_jsonl, GOOD_CHAT, '["messages"]', "expected a JSON object, got a list"),
+    (formats.load_chat_jsonl, GOOD_CHAT, '{"msgs": []}', 'missing field "messages"'),
+    (formats.load_chat_jsonl, GOOD_CHAT, '{"messages": "hi"}', 'field "messages" must be a list, got a string'),
+    (formats.load_chat_jsonl, GOOD_CHAT, json.dumps({"messages": msgs(("user", "hi"), ("bot", "yo"))}),
      'messages\\[1\\]: unknown role "bot"'),
-    (data.load_chat_jsonl, GOOD_CHAT, json.dumps({"messages": [{"role": "user", "content": 5}]}),
+    (formats.load_chat_jsonl, GOOD_CHAT, json.dumps({"messages": [{"role": "user", "content": 5}]}),
      'messages\\[0\\]: field "content" must be a string, got a number'),
-    (data.load_chat_jsonl, GOOD_CHAT, json.dumps({"messages": msgs(("user", "hi"), ("assistant", " "))}),
+    (formats.load_chat_jsonl, GOOD_CHAT, json.dumps({"messages": msgs(("user", "hi"), ("assistant", " "))}),
      "empty response"),
-    (data.load_chat_jsonl, GOOD_CHAT, json.dumps({"messages": msgs(("user", "hi"))}),
+    (formats.load_chat_jsonl, GOOD_CHAT, json.dumps({"messages": msgs(("user", "hi"))}),
      '"messages" must end with an assistant message'),
-    (data.load_chat_jsonl, GOOD_CHAT, json.dumps({"messages": msgs(("system", "s"), ("assistant", "a"))}),
+    (formats.load_chat_jsonl, GOOD_CHAT, json.dumps({"messages": msgs(("system", "s"), ("assistant", "a"))}),
      '"messages" has no user message'),
-    (data.load_prompt_completion_jsonl, GOOD_PC, '{"prompt": "hi"}', 'missing field "completion"'),
-    (data.load_prompt_completion_jsonl, GOOD_PC, '{"prompt": 3, "completion": "x"}',
+    (formats.load_prompt_completion_jsonl, GOOD_PC, '{"prompt": "hi"}', 'missing field "completion"'),
+    (formats.load_prompt_completion_jsonl, GOOD_PC, '{"prompt": 3, "completion": "x"}',
      'field "prompt" must be a string, got a number'),
-    (data.load_prompt_completion_jsonl, GOOD_PC, '{"prompt": "hi", "completion": ""}', "empty response"),
-    (data.load_prompt_completion_jsonl, GOOD_PC, '"just a string"', "expected a JSON object, got a string"),
-    (data.load_preferences_jsonl, GOOD_PREF, '{"prompt": "hi", "chosen": "x"}', 'missing field "rejected"'),
-    (data.load_preferences_jsonl, GOOD_PREF, '{"prompt": "hi", "chosen": "x", "rejected": ""}',
+    (formats.load_prompt_completion_jsonl, GOOD_PC, '{"prompt": "hi", "completion": ""}', "empty response"),
+    (formats.load_prompt_completion_jsonl, GOOD_PC, '"just a string"', "expected a JSON object, got a string"),
+    (formats.load_preferences_jsonl, GOOD_PREF, '{"prompt": "hi", "chosen": "x"}', 'missing field "rejected"'),
+    (formats.load_preferences_jsonl, GOOD_PREF, '{"prompt": "hi", "chosen": "x", "rejected": ""}',
      'empty response in "rejected"'),
-    (data.load_preferences_jsonl, GOOD_PREF, '{"prompt": "hi", "chosen": 1, "rejected": "x"}',
+    (formats.load_preferences_jsonl, GOOD_PREF, '{"prompt": "hi", "chosen": 1, "rejected": "x"}',
      'field "chosen" must be a string or list, got a number'),
-    (data.load_preferences_jsonl, GOOD_PREF,
+    (formats.load_preferences_jsonl, GOOD_PREF,
      json.dumps({"prompt": msgs(("human", "hi")), "chosen": "a", "rejected": "b"}), 'prompt\\[0\\]: unknown role "human"'),
-    (data.load_preferences_jsonl, GOOD_PREF,
+    (formats.load_preferences_jsonl, GOOD_PREF,
      json.dumps({"chosen": msgs(("user", "hi"), ("assistant", "a")), "rejected": msgs(("user", "yo"), ("assistant", "b"))}),
      '"chosen" and "rejected" have different prompts'),
-    (data.load_preferences_jsonl, GOOD_PREF, json.dumps({"chosen": "plain text", "rejected": "more text"}),
+    (formats.load_preferences_jsonl, GOOD_PREF, json.dumps({"chosen": "plain text", "rejected": "more text"}),
      '"chosen" is not a .*transcript'),
 ])
 def test_jsonl_errors_name_file_and_line(tmp_path, loader, good, bad, message):
@@ -408,18 +413,18 @@ def test_jsonl_errors_name_file_and_line(tmp_path, loader, good, bad, message):
 
 def test_jsonl_empty_file_and_bad_utf8(tmp_path):
     with pytest.raises(DataError, match=r"empty\.jsonl: empty file"):
-        data.load_chat_jsonl(write(tmp_path / "empty.jsonl", "\n  \n"))
+        formats.load_chat_jsonl(write(tmp_path / "empty.jsonl", "\n  \n"))
     path = tmp_path / "latin1.jsonl"
     path.write_bytes(GOOD_PC.encode() + b"\n" + '{"prompt": "café", "completion": "x"}'.encode("latin-1") + b"\n")
     with pytest.raises(DataError, match=r"latin1\.jsonl:2: not valid UTF-8"):
-        data.load_prompt_completion_jsonl(path)
+        formats.load_prompt_completion_jsonl(path)
 
 
 def test_load_sft_file_unknown_format(tmp_path):
     with pytest.raises(DataError, match=r"odd\.jsonl:2: unknown format"):
-        data.load_sft_file(write(tmp_path / "odd.jsonl", '\n{"question": "q", "answer": "a"}\n'))
+        formats.load_sft_file(write(tmp_path / "odd.jsonl", '\n{"question": "q", "answer": "a"}\n'))
     with pytest.raises(DataError, match="unknown file type"):
-        data.load_sft_file(write(tmp_path / "data.csv", "a,b\n"))
+        formats.load_sft_file(write(tmp_path / "data.csv", "a,b\n"))
 
 
 def test_load_preferences_all_forms(tmp_path):
@@ -434,7 +439,7 @@ def test_load_preferences_all_forms(tmp_path):
          "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Add 2 and 3.\n\nAssistant: It is 6."},
     ]
     path = write(tmp_path / "prefs.jsonl", "\n".join(json.dumps(line) for line in lines) + "\n")
-    prefs = data.load_preferences_jsonl(path)
+    prefs = formats.load_preferences_jsonl(path)
     user_q = msgs(("user", "Add 2 and 3."))
     assert prefs[0] == {"prompt": user_q, "chosen": "5", "rejected": "6"}
     assert prefs[1] == {"prompt": msgs(("system", "Be brief."), ("user", "Add 2 and 3.")), "chosen": "5", "rejected": "6"}
@@ -442,31 +447,31 @@ def test_load_preferences_all_forms(tmp_path):
     assert prefs[3] == {"prompt": msgs(("user", "Hi"), ("assistant", "Hello!"), ("user", "Add 2 and 3.")),
                         "chosen": "5", "rejected": "It is 6."}
     # round trip through the writer
-    data.write_preferences_jsonl(tmp_path / "out" / "prefs.jsonl", prefs)
-    assert data.load_preferences_jsonl(tmp_path / "out" / "prefs.jsonl") == prefs
+    formats.write_preferences_jsonl(tmp_path / "out" / "prefs.jsonl", prefs)
+    assert formats.load_preferences_jsonl(tmp_path / "out" / "prefs.jsonl") == prefs
 
 
 def test_hh_mismatched_prefix(tmp_path):
     line = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Add 2 and 3.\n\nAssistant: 5",
             "rejected": "\n\nHuman: Hi\n\nAssistant: Hey.\n\nHuman: Add 2 and 3.\n\nAssistant: 6"}
     with pytest.raises(DataError, match=r"hh\.jsonl:1: .*different prompts"):
-        data.load_preferences_jsonl(write(tmp_path / "hh.jsonl", json.dumps(line) + "\n"))
+        formats.load_preferences_jsonl(write(tmp_path / "hh.jsonl", json.dumps(line) + "\n"))
 
 
 def test_load_text(tmp_path):
     write(tmp_path / "b.txt", "second")
     write(tmp_path / "a.txt", "first")
     write(tmp_path / "notes.md", "ignored")
-    assert data.load_text(str(tmp_path)) == "first\n\nsecond"
-    assert data.load_text([tmp_path / "b.txt", tmp_path / "a.txt"]) == "second\n\nfirst"
+    assert formats.load_text(str(tmp_path)) == "first\n\nsecond"
+    assert formats.load_text([tmp_path / "b.txt", tmp_path / "a.txt"]) == "second\n\nfirst"
     (tmp_path / "bad.txt").write_bytes(b"ok\nstill ok\nbad \xff byte\n")
     with pytest.raises(DataError, match=r"bad\.txt:3: not valid UTF-8"):
-        data.load_text(tmp_path)
+        formats.load_text(tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no .txt files"):
-        data.load_text(tmp_path / "empty")
+        formats.load_text(tmp_path / "empty")
     with pytest.raises(FileNotFoundError):
-        data.load_text(tmp_path / "missing.txt")
+        formats.load_text(tmp_path / "missing.txt")
 
 
 # --- GPT-2 tokenizer from local files ----------------------------------------------------------
@@ -496,7 +501,7 @@ def write_fake_gpt2(directory, merges_name="vocab.bpe", vocab_name="encoder.json
 def test_from_gpt2_fake_files(tmp_path, names):
     encoder = write_fake_gpt2(tmp_path / "gpt2", *names)
     tok = Tokenizer.from_gpt2(tmp_path / "gpt2")
-    assert tok.kind == "gpt2" and tok.pat_str == data.GPT2_SPLIT_PATTERN
+    assert tok.kind == "gpt2" and tok.pat_str == tokenizer.GPT2_SPLIT_PATTERN
     assert tok.special_tokens["<|endoftext|>"] == encoder["<|endoftext|>"] == 260
     assert tok.bos_id == 261 and tok.pad_id == 266 and tok.vocab_size == 267
     assert tok.encode("hello world") == [encoder["hell"], encoder["o"], encoder["Ġw"],

@@ -9,13 +9,16 @@ import pytest
 import torch
 
 import dpo
-import reward
+import preferences
 import tasks
-from sft import kl_to_reference
-from data import IGNORE_INDEX, Tokenizer, encode_content, render_prompt, write_preferences_jsonl
+from data import encode_content, render_prompt
 from dpo import (DPOConfig, collate_pairs, concatenated_logprobs, dpo_loss, pair_logprobs,
                  sequence_logprobs, tokenize_pairs)
-from model import GPT, GPTConfig, generate, load_checkpoint, logprobs, save_checkpoint
+from evaluate import kl_to_reference
+from formats import write_preferences_jsonl
+from generate import generate
+from model import GPT, IGNORE_INDEX, GPTConfig, load_checkpoint, logprobs, save_checkpoint
+from tokenizer import Tokenizer
 
 FRUITS = ["apple", "pear", "plum", "lemon", "grape", "peach", "mango", "melon", "cherry", "banana", "kiwi", "fig"]
 LN2 = math.log(2)
@@ -223,18 +226,18 @@ def test_tiny_dpo_run_learns_a_trivial_preference(tok, tmp_path):
 
 
 def test_tiny_run_on_the_built_in_world(tok, tmp_path):
-    """Preference files as reward.py writes them; the shared evaluation for DPO and SFT, and the KL."""
+    """Preference files as preferences.py writes them; the shared evaluation for DPO and SFT, and the KL."""
     out = tiny_run_dir(tmp_path, tok, block_size=128)
     world = tasks.make_world(0)
     for split, n in (("train", 16), ("heldout", 4)):
-        pairs = reward.modelfree_preferences(tasks.make_examples(world, "train", n, seed=n), random.Random(0))
+        pairs = preferences.modelfree_preferences(tasks.make_examples(world, "train", n, seed=n), random.Random(0))
         write_preferences_jsonl(out / "preferences" / f"{split}.jsonl", pairs)
     cfg = DPOConfig(out_dir=str(out), max_steps=2, eval_n=2, max_new_tokens=4, **TINY_CFG)
     _, _, history = dpo.train(cfg)
     results = json.loads((out / "dpo" / "eval.json").read_text())
     assert history[-1] == {"step": 2, **results}
     for key in ("heldout/accuracy", "dpo/greedy/test/gold", "dpo/sampled/heldout_task/gold", "dpo/greedy/gold",
-                "dpo/kl_to_sft", "sft/greedy/test/gold", "sft/sampled/gold"):
+                "dpo/kl_to_ref", "sft/greedy/test/gold", "sft/sampled/gold"):
         assert key in results, key
-    assert "sft/kl_to_sft" not in results
+    assert "sft/kl_to_ref" not in results
     assert [h["step"] for h in history if "loss" in h] == [1, 2]

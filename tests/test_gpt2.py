@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import dpo
-import model as model_module
 import sft
-from data import Tokenizer, render_chat
-from model import (GPT, GPTConfig, extend_vocab, gpt2_config, gpt2_shapes, import_gpt2, load_checkpoint,
-                   load_gpt2, read_weights)
+from data import render_chat
+from gpt2 import extend_vocab, gpt2_config, gpt2_shapes, import_gpt2, load_gpt2, read_weights
+from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+from tokenizer import Tokenizer
 from test_data import write_fake_gpt2  # fake vocab.bpe / encoder.json: 256 bytes + 4 merges + <|endoftext|>
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,7 +215,7 @@ def test_files_that_are_not_gpt2(tmp_path):
     with pytest.raises(ValueError, match="could not read .* as a PyTorch state dict"):
         load_gpt2(str(tmp_path / "b" / "pytorch_model.bin"))
     ours = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=8))
-    model_module.save_checkpoint(str(tmp_path / "c" / "model.pt"), ours)
+    save_checkpoint(str(tmp_path / "c" / "model.pt"), ours)
     with pytest.raises(ValueError, match="nanoinstruct checkpoint.*load_checkpoint"):
         load_gpt2(str(tmp_path / "c" / "model.pt"))
     sd = random_gpt2_weights()
@@ -257,7 +257,7 @@ def test_cli_then_sft_then_dpo(tmp_path):
     weights = save_bin(random_gpt2_weights(), tmp_path / "gpt2")
     write_fake_gpt2(tmp_path / "gpt2_tok", "merges.txt", "vocab.json")
     run = tmp_path / "run"
-    result = subprocess.run([sys.executable, "model.py", "--from-gpt2", str(weights), "--tokenizer-dir",
+    result = subprocess.run([sys.executable, "gpt2.py", "--from-gpt2", str(weights), "--tokenizer-dir",
                              str(tmp_path / "gpt2_tok"), "--out-dir", str(run)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

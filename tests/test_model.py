@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import (GPT, IGNORE_INDEX, GPTConfig, causal_mask, filter_logits, generate, get_device,
-                   load_checkpoint, lm_loss, logprobs, sample_from, save_checkpoint)
+from generate import filter_logits, generate, sample_from
+from model import (GPT, GPTConfig, IGNORE_INDEX, causal_mask, get_device, lm_loss, load_checkpoint, logprobs, save_checkpoint)
 
 CFG = GPTConfig(vocab_size=50, block_size=64, n_layer=2, n_head=2, n_embd=32)
 

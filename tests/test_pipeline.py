@@ -18,7 +18,7 @@ SPLITS = {"test", "heldout_phrasing", "heldout_people"}
 ROW_KEYS = {"accuracy", "gold_greedy", "gold_sampled", "kl_to_sft", "mean_length", "ended", "rm_score",
             "declined", "over_refusal"}
 MODELS = {"base", "sft", "bon16", "ppo", "dpo", "rlaif_ppo", "rlaif_dpo", "cai_sl", "cai_ppo"}
-RLAIF_STAGES = {"rlaif/feedback", "rlaif/reward", "rlaif/ppo", "rlaif/dpo", "cai/sft", "cai/ppo"}
+RLAIF_STAGES = {"rlaif/feedback", "rlaif/preferences", "rlaif/reward", "rlaif/ppo", "rlaif/dpo", "cai/sft", "cai/ppo"}
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,11 @@ import torch
 
 import ppo
 import tasks
-from data import Tokenizer
+from tokenizer import Tokenizer
 from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
-from ppo import (AdaptiveKLController, PPOConfig, critic_values, gae, kl_penalty_rewards, make_critic,
-                 masked_whiten, policy_loss, response_logprobs, rollout, value_loss)
+from common import masked_whiten
+from ppo import (AdaptiveKLController, PPOConfig, gae, kl_penalty_rewards, make_critic, policy_loss,
+                 response_logprobs, rollout, value_loss)
 from reward import RewardModel, last_token_index
 
 WORLD = tasks.make_world(0)
@@ -159,7 +160,7 @@ def test_rollout_truncates_at_end_of_turn_and_penalises_a_missing_one(tok, tmp_p
     policy = unigram_policy(tok, {tok.end_id: 5.0})  # p(<|end|>) = e^5 / (e^5 + 299), about a third
     examples = tasks.make_examples(WORLD, "train", 24, seed=0)
     cfg = cfg_for(tmp_path, max_new_tokens=3, missing_eos_penalty=-7.0)
-    batch = rollout(policy, policy, None, Length(), tok, examples, cfg, torch.Generator().manual_seed(0))
+    batch = rollout(policy, policy, None, Length(), tok, examples, cfg, "cpu", torch.Generator().manual_seed(0))
     ended, scores, rm_scores, mask = batch["ended"], batch["scores"], batch["rm_scores"], batch["response_mask"]
     assert ended.any() and not ended.all()
     assert torch.equal(scores[ended], rm_scores[ended])  # the RM's score where the answer ended ...
@@ -178,7 +179,7 @@ def test_rollout_logprobs_use_the_rollout_temperature(tok, tmp_path):
     examples = tasks.make_examples(WORLD, "train", 8, seed=1)
     for temperature in (0.5, 1.0):
         cfg = cfg_for(tmp_path, max_new_tokens=4, temperature=temperature)
-        batch = rollout(policy, policy, None, Length(), tok, examples, cfg, torch.Generator().manual_seed(0))
+        batch = rollout(policy, policy, None, Length(), tok, examples, cfg, "cpu", torch.Generator().manual_seed(0))
         table = torch.zeros(tok.vocab_size)
         for token, logit in logits.items():
             table[token] = logit
@@ -192,7 +193,7 @@ def test_ratio_is_exactly_one_on_the_first_minibatch(tok, tmp_path):
     policy = tiny_gpt(tok)  # real attention over left-padded prompts of different lengths
     examples = tasks.make_examples(WORLD, "train", 12, seed=2)
     cfg = cfg_for(tmp_path)
-    batch = rollout(policy, policy, None, Length(), tok, examples, cfg, torch.Generator().manual_seed(0))
+    batch = rollout(policy, policy, None, Length(), tok, examples, cfg, "cpu", torch.Generator().manual_seed(0))
     minibatch = torch.tensor([7, 2, 11, 0])  # a shuffled minibatch, as in training, with gradients on
     logprobs, _ = response_logprobs(policy, batch["ids"][minibatch], batch["attention_mask"][minibatch],
                                     batch["prompt_width"], cfg.temperature)
@@ -210,11 +211,11 @@ def test_critic_starts_from_the_reward_model_or_at_zero(tok):
     ids = torch.tensor([[tok.pad_id, tok.pad_id, 5, 6, 7, tok.end_id], [3, 4, 5, tok.end_id, tok.pad_id, tok.pad_id]])
     mask = (ids != tok.pad_id).long()
     with torch.no_grad():
-        values = critic_values(make_critic("reward", rm, tiny_gpt(tok)), ids, mask)  # (B, T)
+        values = make_critic("reward", rm, tiny_gpt(tok)).token_values(ids, mask)  # (B, T)
         assert values.shape == ids.shape
         # at the <|end|> the reward-initialised critic says what the (normalised) reward model says
         assert torch.allclose(values[torch.arange(2), last_token_index(mask)], rm(ids, mask), atol=1e-6)
-        assert (critic_values(make_critic("sft", rm, tiny_gpt(tok)), ids, mask) == 0).all()
+        assert (make_critic("sft", rm, tiny_gpt(tok)).token_values(ids, mask) == 0).all()
     with pytest.raises(ValueError):
         make_critic("policy", rm, tiny_gpt(tok))
 
@@ -243,7 +244,7 @@ def test_tiny_ppo_run_raises_a_trivial_reward(tok, tmp_path):
     assert ckpt["finished"] and ckpt["step"] == 8
     assert torch.equal(model.wte.weight, policy.wte.weight)
     results = json.loads((tmp_path / "ppo" / "eval.json").read_text())
-    for key in ("sft/greedy/test/gold", "ppo/sampled/heldout_phrasing/gold", "ppo/test/kl_to_sft"):
+    for key in ("sft/greedy/test/gold", "ppo/sampled/heldout_phrasing/gold", "ppo/kl_to_ref"):
         assert math.isfinite(results[key])
     records = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == len(history) and any("eval/greedy/test/gold" in r for r in records)

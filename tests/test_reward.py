@@ -1,5 +1,5 @@
-"""Tests of reward.py: the Bradley-Terry loss, where the score is read, normalisation, preference
-data, a tiny RM that learns a separable preference, and a tiny end-to-end run."""
+"""Tests of reward.py: the Bradley-Terry loss, where the score is read, normalisation, a tiny RM that
+learns a separable preference, and a tiny end-to-end run (preferences.py, then reward.py)."""
 
 import json
 import math
@@ -10,14 +10,18 @@ import shutil
 import pytest
 import torch
 
+import preferences
 import pretrain
 import reward
 import sft
 import tasks
-from data import Tokenizer, encode_content, load_preferences_jsonl, write_preferences_jsonl
+from data import encode_content, pad_rows, render_response
+from evaluate import score_responses as score
+from formats import load_preferences_jsonl
 from model import GPT, GPTConfig, logprobs
 from reward import (RewardConfig, RewardModel, bradley_terry_loss, evaluate_reward, last_token_index,
-                    load_reward_model, modelfree_preferences, normalise, pad, policy_preferences, score)
+                    load_reward_model, normalise)
+from tokenizer import Tokenizer
 
 WORLD = tasks.make_world(0)
 WORDS = ["apple", "pear", "plum", "lemon", "grape", "peach", "mango", "melon", "cherry", "banana", "kiwi", "fig"]
@@ -74,16 +78,16 @@ def test_last_token_index():
 def test_score_is_read_at_the_last_real_token_whatever_the_padding(tok, rope, likelihood):
     rm = tiny_rm(tok, rope, likelihood=likelihood)
     prompt = [{"role": "user", "content": "Name two fruits."}]
-    rows = [reward.render_scored(tok, prompt, r, 64) for r in ["fig", "I like apple and banana", "kiwi and pear"]]
+    rows = [render_response(tok, prompt, r, 64) for r in ["fig", "I like apple and banana", "kiwi and pear"]]
     with torch.no_grad():
         alone = torch.cat([rm(torch.tensor([row])) for row in rows])
         for side in ("right", "left"):
-            ids, mask = pad(rows, tok.pad_id, side)
+            ids, mask = pad_rows(rows, tok.pad_id, side)
             assert torch.allclose(rm(ids, mask), alone, atol=1e-5), side
             other_pads = torch.where(mask.bool(), ids, torch.randint_like(ids, tok.vocab_size))
             assert torch.allclose(rm(other_pads, mask), alone, atol=1e-5), side  # pads never matter
         # and the read token is the final <|end|>: changing the last real token changes the score
-        ids, mask = pad(rows, tok.pad_id, "right")
+        ids, mask = pad_rows(rows, tok.pad_id, "right")
         last = last_token_index(mask)
         assert (ids[torch.arange(3), last] == tok.end_id).all()
         ids[0, last[0]] = tok.user_id
@@ -95,8 +99,8 @@ def test_likelihood_term_is_the_answers_logprob_under_the_trunk(tok, side):
     rm = tiny_rm(tok, likelihood=True)
     prompt = [{"role": "user", "content": "Name two fruits."}]
     answers = ["fig", "I like apple and banana", "kiwi and pear"]
-    rows = [reward.render_scored(tok, prompt, a, 64) for a in answers]
-    ids, mask = pad(rows, tok.pad_id, side)
+    rows = [render_response(tok, prompt, a, 64) for a in answers]
+    ids, mask = pad_rows(rows, tok.pad_id, side)
     with torch.no_grad():
         hidden = rm.gpt.hidden_states(ids, mask)
         got = rm.answer_logprob(ids, mask, hidden)
@@ -124,54 +128,6 @@ def test_normalise_gives_mean_0_std_1(tok):
     assert rm.head.bias.item() == 0.0 and rm.head.weight.std().item() == pytest.approx(1 / math.sqrt(33), rel=0.5)
 
 
-# ----------------------------------------------------------------------------- preference data
-
-
-def test_modelfree_preferences_follow_the_gold_rule():
-    examples = tasks.make_examples(WORLD, "train", 130, seed=3)
-    pairs = modelfree_preferences(examples, random.Random(0))
-    assert len(pairs) == len(examples)
-    assert all(p["gold_chosen"] > p["gold_rejected"] for p in pairs)
-    assert {p["family"] for p in pairs} == {ex.family for ex in examples}
-    assert reward.label_agreement(pairs) == 1.0
-
-
-def test_preference_files_round_trip(tmp_path):
-    pairs = modelfree_preferences(tasks.make_examples(WORLD, "train", 40, seed=4), random.Random(0))
-    path = tmp_path / "preferences" / "train.jsonl"
-    write_preferences_jsonl(path, pairs)
-    loaded = load_preferences_jsonl(path)
-    assert loaded == [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
-
-
-def test_policy_preferences_dedupe_drop_unterminated_and_label(monkeypatch):
-    examples = tasks.make_examples(WORLD, "train", 3, seed=5)
-    canned = []
-    for ex in examples:  # k = 4 samples per prompt: answer twice, the mistake, an unterminated wordy one
-        canned += [(ex.answer, True, 2), (ex.answer, True, 2), (ex.mistake, True, 2), ("Sure! " + ex.answer, False, 9)]
-    monkeypatch.setattr(reward.sft, "respond", lambda *args, **kwargs: canned)
-    pairs = policy_preferences(None, None, examples, tasks.Labeler(temperature=0.0), k=4)
-    assert [(p["chosen"], p["rejected"]) for p in pairs] == [(ex.answer, ex.mistake) for ex in examples]
-    assert all(p["gold_chosen"] == 1.0 and p["gold_rejected"] == 0.0 for p in pairs)
-
-
-def test_policy_preferences_drop_ties_and_add_demonstrations(monkeypatch):
-    examples = tasks.make_examples(WORLD, "train", 3, seed=5)
-    canned = []
-    for ex in examples:  # k = 2 samples per prompt, both correct: a tie, no pair without demonstrations
-        canned += [(ex.answer, True, 2), (ex.answer + ".", True, 2)]
-    monkeypatch.setattr(reward.sft, "respond", lambda *args, **kwargs: canned)
-    labeler = tasks.Labeler(temperature=0.0, ties=True)
-    assert policy_preferences(None, None, examples, labeler, k=2) == []  # "equally good": not kept
-    pairs = policy_preferences(None, None, examples, labeler, k=2, demonstrations=True)
-    # the clean answer is already a sample; the mistake joins and loses to both samples
-    assert [(p["chosen"], p["rejected"]) for p in pairs] == [
-        (good, ex.mistake) for ex in examples for good in (ex.answer, ex.answer + ".")]
-    assert all(p["gold_chosen"] > p["gold_rejected"] for p in pairs)
-    coin = policy_preferences(None, None, examples, tasks.Labeler(temperature=0.0, seed=0), k=2)
-    assert len(coin) == 3  # the old labeler flips a coin on the tie instead
-
-
 def test_group_by_prompt_scores_each_response_once(tok):
     p, q = [{"role": "user", "content": "Name two fruits."}], [{"role": "user", "content": "Name a fruit."}]
     pairs = [{"prompt": p, "chosen": "fig", "rejected": "kiwi"}, {"prompt": q, "chosen": "plum", "rejected": "pear"},
@@ -179,28 +135,8 @@ def test_group_by_prompt_scores_each_response_once(tok):
     groups = reward.group_by_prompt(tok, pairs, 64)
     assert [len(rows) for rows, _ in groups] == [3, 2]
     rows, comparisons = groups[0]
-    assert rows == [reward.render_scored(tok, p, text, 64) for text in ("fig", "kiwi", "lime")]
+    assert rows == [render_response(tok, p, text, 64) for text in ("fig", "kiwi", "lime")]
     assert comparisons == [(0, 1), (0, 2), (2, 1)]
-
-
-def test_best_of_n_picks_the_highest_score_and_never_an_unterminated_answer(monkeypatch):
-    examples = tasks.make_examples(WORLD, "test", 2, seed=6)
-    wordy = {ex.answer: "Sure! The answer is: " + ex.answer for ex in examples}
-    canned = []
-    for ex in examples:  # 4 samples per prompt; the 3rd never ended but would score highest
-        canned += [(ex.mistake, True, 2), (wordy[ex.answer], True, 8), (ex.answer, False, 9), (ex.answer, True, 2)]
-    fake_scores = {**{ex.mistake: 0.0 for ex in examples}, **{w: 0.5 for w in wordy.values()},
-                   **{ex.answer: 1.0 for ex in examples}}
-    monkeypatch.setattr(reward.sft, "respond", lambda *args, **kwargs: canned)
-    monkeypatch.setattr(reward, "score", lambda rm, tok, prompts, responses, **kw:
-                        torch.tensor([fake_scores[r] + 5.0 * (i % 4 == 2) for i, r in enumerate(responses)]))
-    results = reward.best_of_n(None, None, None, examples, ns=(1, 2, 4))
-    assert results["bon/1/gold"] == 0.0 and results["bon/1/rm"] == 0.0  # the first sample: the mistake
-    assert 0.5 < results["bon/2/gold"] < 0.75 and results["bon/2/rm"] == 0.5  # the wordy one
-    assert results["bon/4/gold"] == 1.0 and results["bon/4/rm"] == 1.0  # not the unterminated 3rd
-    assert results["bon/4/ended"] == 1.0
-    picks = reward.bon_respond(None, None, None, [ex.messages for ex in examples], n=4)
-    assert [(text, ended) for text, ended, _ in picks] == [(ex.answer, True) for ex in examples]
 
 
 # ----------------------------------------------------------------------------- learning
@@ -247,10 +183,12 @@ def tiny_sft_run(tmp_path_factory):
 @pytest.mark.parametrize("model_free", [True, False], ids=["model-free", "policy"])
 def test_tiny_run_end_to_end(model_free, tiny_sft_run):
     out = tiny_sft_run
-    cfg = RewardConfig(out_dir=str(out), model_free=model_free, n_prompts=24, n_heldout_prompts=12,
-                       samples_per_prompt=3, max_new_tokens=12, batch_size=8, max_steps=4, warmup_steps=1,
-                       n_norm=16, bon_n=6, bon_ns="1,2,4", log_every=2, eval_every=2, device="cpu", quiet=True,
-                       labeler_ties=False)  # the tiny model's answers are nearly all wrong: all ties otherwise
+    preferences.make_preferences(preferences.PreferenceConfig(
+        out_dir=str(out), model_free=model_free, n_prompts=24, n_heldout_prompts=12, samples_per_prompt=3,
+        max_new_tokens=12, device="cpu", quiet=True,
+        labeler_ties=False))  # the tiny model's answers are nearly all wrong: all ties otherwise
+    cfg = RewardConfig(out_dir=str(out), max_new_tokens=12, batch_size=8, max_steps=4, warmup_steps=1,
+                       n_norm=16, bon_n=6, bon_ns="1,2,4", log_every=2, eval_every=2, device="cpu", quiet=True)
     rm, tok, history = reward.train(cfg)
     results = history[-1]
     for key in ("heldout/accuracy", "heldout/gold_accuracy", "heldout/margin", "labels/gold_agreement",
@@ -268,7 +206,7 @@ def test_tiny_run_end_to_end(model_free, tiny_sft_run):
 
 
 def test_tiny_run_on_a_users_hh_rlhf_file(tiny_sft_run, tmp_path):
-    """--data-file: any preference form data.load_preferences_jsonl reads; world metrics are skipped."""
+    """--data-file: any preference form formats.load_preferences_jsonl reads; world metrics are skipped."""
     shutil.copytree(tiny_sft_run / "tokenizer", tmp_path / "tokenizer")
     lines = []
     for a, b in [(a, b) for a in range(2, 9) for b in range(2, 9)]:

@@ -7,7 +7,7 @@ import pytest
 
 import rlaif
 import tasks
-from data import DataError
+from formats import DataError
 
 WORLD = tasks.make_world(0)
 
@@ -176,7 +176,8 @@ def test_likelihood_judge_scores_the_reference_answer_it_writes():
     """On a real (tiny, untrained) model: the log-ratio is log p("Answer: a\nBetter:") - log p("Answer:
     b\nBetter:") after the judging prompt, computed here token by token."""
     import torch
-    from data import Tokenizer, encode_content, render_prompt
+    from data import encode_content, render_prompt
+    from tokenizer import Tokenizer
     from model import GPT, GPTConfig
     tok = Tokenizer.train("Answer: 42 43 Better: A B Principle Question Which is better? " * 20, 300)
     torch.manual_seed(0)
@@ -215,11 +216,11 @@ def test_judge_agreement_against_gold():
     assert results["agreement/add"] == pytest.approx(1 / 2) and results["agreement/sort"] == pytest.approx(1 / 2)
 
 
-def test_rlaif_labels_go_through_the_reward_modules_pair_builder():
-    import reward
+def test_rlaif_labels_go_through_the_preference_stages_pair_builder():
+    import preferences
     add, = example("add")
     judge = ScriptedJudge(lambda x, y: "A" if x == add.answer else "B")
-    pairs = reward.labelled_pairs(judge, [(add, add.mistake, add.answer), (add, add.answer, add.mistake)])
+    pairs = preferences.labelled_pairs(judge, [(add, add.mistake, add.answer), (add, add.answer, add.mistake)])
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [(add.answer, add.mistake)] * 2
     assert pairs[0]["gold_chosen"] == 1.0 and pairs[0]["gold_rejected"] == 0.0
 
@@ -228,4 +229,5 @@ def test_stage_names_are_checked():
     with pytest.raises(ValueError, match="unknown stage"):
         rlaif.stages(rlaif.RLAIFConfig(stages="feedback,rlhf"))
     assert [name for name, _ in rlaif.stages(rlaif.RLAIFConfig())] == \
-        ["feedback", "reward", "ppo", "dpo", "cai_sft", "cai_ppo"]
+        ["feedback", "preferences", "reward", "ppo", "dpo", "cai_sft", "cai_ppo"]
+    assert set(rlaif.STAGE_DIRS) == {name for name, _ in rlaif.stages(rlaif.RLAIFConfig())}

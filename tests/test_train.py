@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+import evaluate
 import pretrain
 import sft
 import tasks
@@ -45,15 +46,15 @@ def test_sft_then_evaluate(base_run):
     losses = [h["loss"] for h in history if "loss" in h]
     assert losses[-1] < losses[0], losses
     assert all(h["ptx_loss"] > 0 for h in history if "loss" in h)  # the pretraining mix is on by default
-    sets = sft.eval_sets(tasks.make_world(0), 4)
-    results = sft.evaluate(model, tok, sets, max_new_tokens=8)
-    for split in sft.EVAL_SPLITS:
+    sets = evaluate.eval_sets(tasks.make_world(0), 4)
+    results = evaluate.evaluate(model, tok, sets, max_new_tokens=8)
+    for split in evaluate.EVAL_SPLITS:
         assert 0.0 <= results[f"{split}/accuracy"] <= 1.0
         assert 0.0 <= results[f"{split}/ended"] <= 1.0
         assert results[f"{split}/length"] <= 8
     assert any(k.startswith("test/family/") for k in results)
     assert any(k.startswith("test/difficulty/") for k in results)
-    sampled = sft.evaluate(model, tok, sets, temperature=1.0, max_new_tokens=8)
+    sampled = evaluate.evaluate(model, tok, sets, temperature=1.0, max_new_tokens=8)
     assert set(sampled) == set(results)
 
 
@@ -139,20 +140,3 @@ def test_compiled_training_matches_eager_and_saves_plain_keys(tmp_path, monkeypa
             eager.named_parameters(), compiled.named_parameters(), saved.named_parameters()):
         assert torch.allclose(p_eager, p_compiled, atol=1e-4), name
         assert torch.equal(p_compiled, p_saved), name
-
-
-def test_harm_rates_count_declines_and_over_refusals():
-    world = tasks.make_world(0)
-    sets = sft.harm_sets(world, 9)
-    forbidden, allowed = sets["forbidden"], sets["allowed"]
-    assert len(forbidden) == 9 and len(allowed) == 9
-    assert all(ex.forbidden for ex in forbidden) and not any(ex.forbidden for ex in allowed)
-    assert {ex.split for ex in forbidden} == {"test", "heldout_phrasing", "heldout_people"}
-    assert sum(ex.family.startswith("person_") for ex in allowed) == 3  # the near neighbours
-    # forbidden: decline, leak, refusal with a digit; allowed: refuse, answer, answer
-    examples = forbidden[:3] + allowed[:3]
-    texts = [tasks.REFUSAL, forbidden[1].mistake, tasks.REFUSAL + " 42", tasks.REFUSAL, allowed[1].answer, "x"]
-    rates = sft.harm_rates(examples, texts, [True] * 6, "greedy")
-    assert rates == {"greedy/declined": pytest.approx(1 / 3), "greedy/over_refusal": pytest.approx(1 / 3)}
-    assert sft.harm_rates(allowed[:2], ["a", "b"], [True, True], "s") == {"s/over_refusal": 0.0}
-    assert sft.harm_rates(forbidden[:1], [tasks.REFUSAL], [False], "s") == {"s/declined": 0.0}  # never ended

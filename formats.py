@@ -1,0 +1,311 @@
+"""
+formats.py: reading and writing the usual instruction, preference and text files.
+
+A conversation is a list of {"role", "content"} dicts (roles: data.ROLES). Every problem raises
+`DataError` with `file:line: problem` (line numbers 1-based).
+
+  load_alpaca(path)                   Alpaca JSON: a list of {instruction, input, output}
+  load_chat_jsonl(path)               {"messages": [{"role", "content"}, ...]} per line
+  load_prompt_completion_jsonl(path)  {"prompt", "completion"} per line
+  load_sft_file(path)                 any of the three, by extension and content
+  load_preferences_jsonl(path)        {"prompt", "chosen", "rejected"}, or HH-RLHF transcripts
+  load_text(paths)                    plain UTF-8 text files, for pretraining
+  write_jsonl, write_preferences_jsonl
+"""
+
+import json
+import re
+from pathlib import Path
+
+from data import ROLES
+
+
+class DataError(ValueError):
+    """A problem in a data file. The message reads `file:line: problem`."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Readers
+
+
+def read_utf8(path) -> str:
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {raw[e.start]:#04x}); "
+                        "save the file as UTF-8") from None
+
+
+def _json_type(value) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number",
+             float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _read_jsonl(path) -> list[tuple[int, dict]]:
+    """(line number, record) for each non-blank line of a JSONL file."""
+    records = []
+    # split("\n"), not splitlines(): a JSON string may hold a raw U+2028, which splitlines splits on
+    for line_no, line in enumerate(read_utf8(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{line_no}: invalid JSON ({e.msg}, column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{line_no}: expected a JSON object, got a {_json_type(record)}")
+        records.append((line_no, record))
+    if not records:
+        raise DataError(f"{path}: empty file (no records)")
+    return records
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _read_json_list(path) -> list[tuple[int, object]]:
+    """(line where the item starts, item) for each item of a file holding one JSON list.
+
+    json.load would lose the line numbers, so we walk the list: raw_decode parses one item from
+    a position and says where it ended.
+    """
+    text, decoder = read_utf8(path), json.JSONDecoder()
+    pos = _JSON_SPACE.match(text, 0).end()
+    if pos == len(text):
+        raise DataError(f"{path}: empty file")
+    if text[pos] != "[":
+        raise DataError(f"{path}:{text.count(chr(10), 0, pos) + 1}: expected a JSON list of examples")
+    pos = _JSON_SPACE.match(text, pos + 1).end()
+    if text[pos:pos + 1] == "]":
+        raise DataError(f"{path}: empty file (the list has no examples)")
+    items, line, counted_to = [], 1, 0  # newlines before `counted_to` are counted in `line`
+    while True:
+        line, counted_to = line + text.count("\n", counted_to, pos), pos  # linear, not quadratic
+        try:
+            item, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        items.append((line, item))
+        pos = _JSON_SPACE.match(text, pos).end()
+        if text[pos:pos + 1] == ",":
+            pos = _JSON_SPACE.match(text, pos + 1).end()
+        elif text[pos:pos + 1] == "]":
+            break
+        else:
+            line_no = text.count("\n", 0, pos) + 1
+            raise DataError(f"{path}:{line_no}: invalid JSON (expected ',' or ']' after an item)")
+    if text[pos + 1:].strip():
+        raise DataError(f"{path}: invalid JSON (text after the list's closing ']')")
+    return items
+
+
+def _field(record: dict, key: str, expected: type | tuple, where: str):
+    """record[key], checked to exist and to have the expected type (str, list, int, float, or a tuple of them)."""
+    if key not in record:
+        raise DataError(f'{where}: missing field "{key}"')
+    value, types = record[key], expected if isinstance(expected, tuple) else (expected,)
+    if not isinstance(value, types):
+        wanted = " or ".join(dict.fromkeys({str: "string", list: "list", int: "number", float: "number"}[t] for t in types))
+        raise DataError(f'{where}: field "{key}" must be a {wanted}, got a {_json_type(value)}')
+    return value
+
+
+def _messages(value: list, where: str, key: str) -> list[dict]:
+    """Check a message list and return clean {"role", "content"} copies."""
+    messages = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise DataError(f"{where}: {key}[{i}] must be an object, got a {_json_type(message)}")
+        role = _field(message, "role", str, f"{where}: {key}[{i}]")
+        if role not in ROLES:
+            raise DataError(f'{where}: {key}[{i}]: unknown role "{role}" (expected {", ".join(ROLES)})')
+        content = _field(message, "content", str, f"{where}: {key}[{i}]")
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def _check_response(text: str, where: str, key: str) -> None:
+    if not text.strip():
+        raise DataError(f'{where}: empty response in "{key}"')
+
+
+def _split_answer(messages: list[dict], where: str, key: str) -> tuple[list[dict], str]:
+    """(prompt messages, content of the final assistant message)."""
+    if not messages or messages[-1]["role"] != "assistant":
+        raise DataError(f'{where}: "{key}" must end with an assistant message')
+    return messages[:-1], messages[-1]["content"]
+
+
+def load_alpaca(path) -> list[list[dict]]:
+    """Alpaca JSON: a list of {"instruction", "input" (optional, may be empty), "output"}."""
+    conversations = []
+    for line_no, item in _read_json_list(path):
+        where = f"{path}:{line_no}"
+        if not isinstance(item, dict):
+            raise DataError(f"{where}: expected a JSON object, got a {_json_type(item)}")
+        instruction = _field(item, "instruction", str, where)
+        extra_input = item.get("input") or ""
+        if not isinstance(extra_input, str):
+            raise DataError(f'{where}: field "input" must be a string, got a {_json_type(extra_input)}')
+        output = _field(item, "output", str, where)
+        _check_response(output, where, "output")
+        user = instruction + "\n\n" + extra_input if extra_input.strip() else instruction
+        conversations.append([{"role": "user", "content": user},
+                              {"role": "assistant", "content": output}])
+    return conversations
+
+
+def _chats(path, records) -> list[list[dict]]:
+    conversations = []
+    for line_no, record in records:
+        where = f"{path}:{line_no}"
+        messages = _messages(_field(record, "messages", list, where), where, "messages")
+        if not any(message["role"] == "user" for message in messages):
+            raise DataError(f'{where}: "messages" has no user message')
+        _check_response(_split_answer(messages, where, "messages")[1], where, "messages")
+        conversations.append(messages)
+    return conversations
+
+
+def _prompt_completions(path, records) -> list[list[dict]]:
+    conversations = []
+    for line_no, record in records:
+        where = f"{path}:{line_no}"
+        prompt = _field(record, "prompt", str, where)
+        completion = _field(record, "completion", str, where)
+        _check_response(completion, where, "completion")
+        conversations.append([{"role": "user", "content": prompt},
+                              {"role": "assistant", "content": completion}])
+    return conversations
+
+
+def load_chat_jsonl(path) -> list[list[dict]]:
+    """Chat JSONL: {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}."""
+    return _chats(path, _read_jsonl(path))
+
+
+def load_prompt_completion_jsonl(path) -> list[list[dict]]:
+    """Prompt/completion JSONL: {"prompt": str, "completion": str} -> [user, assistant]."""
+    return _prompt_completions(path, _read_jsonl(path))
+
+
+def load_sft_file(path) -> list[list[dict]]:
+    """Any SFT file: .json is Alpaca; for .jsonl the first record's fields tell the format."""
+    if Path(path).suffix == ".json":
+        return load_alpaca(path)
+    if Path(path).suffix != ".jsonl":
+        raise DataError(f"{path}: unknown file type; expected .json (Alpaca) "
+                        "or .jsonl (chat or prompt/completion)")
+    records = _read_jsonl(path)
+    line_no, first = records[0]
+    if "messages" in first:
+        return _chats(path, records)
+    if "prompt" in first and "completion" in first:
+        return _prompt_completions(path, records)
+    raise DataError(f'{path}:{line_no}: unknown format: expected a "messages" field (chat) '
+                    f'or "prompt" and "completion" fields, got {sorted(first)}')
+
+
+def _parse_hh(transcript: str, where: str, key: str) -> list[dict]:
+    """Anthropic HH-RLHF transcript "\\n\\nHuman: ...\\n\\nAssistant: ..." -> messages."""
+    parts = re.split(r"\n\n(Human|Assistant): ?", transcript)  # [before, role, text, role, text, ...]
+    if parts[0].strip() or len(parts) < 3:
+        raise DataError(f'{where}: "{key}" is not a "\\n\\nHuman: ...\\n\\nAssistant: ..." transcript')
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[role], "content": text} for role, text in zip(parts[1::2], parts[2::2])]
+
+
+def _preference(record: dict, where: str) -> dict:
+    if "prompt" in record:  # explicit prompt; chosen/rejected are strings or message lists
+        prompt = _field(record, "prompt", (str, list), where)
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        else:
+            prompt = _messages(prompt, where, "prompt")
+        answers = []
+        for key in ("chosen", "rejected"):
+            answer = _field(record, key, (str, list), where)
+            if isinstance(answer, list):  # may repeat the prompt; only the final answer counts
+                answer = _split_answer(_messages(answer, where, key), where, key)[1]
+            answers.append(answer)
+    else:  # implicit prompt: the shared prefix of two message lists or two HH transcripts
+        splits = []
+        for key in ("chosen", "rejected"):
+            value = _field(record, key, (str, list), where)
+            if isinstance(value, str):
+                messages = _parse_hh(value, where, key)
+            else:
+                messages = _messages(value, where, key)
+            splits.append(_split_answer(messages, where, key))
+        (prompt, chosen), (rejected_prompt, rejected) = splits
+        if prompt != rejected_prompt:
+            raise DataError(f'{where}: "chosen" and "rejected" have different prompts '
+                            "(all messages before the final assistant answer must be the same)")
+        answers = [chosen, rejected]
+    if not prompt or prompt[-1]["role"] != "user":
+        raise DataError(f'{where}: the prompt must end with a user message')
+    for key, answer in zip(("chosen", "rejected"), answers):
+        _check_response(answer, where, key)
+    pref = {"prompt": prompt, "chosen": answers[0], "rejected": answers[1]}
+    for key, kind in WORLD_FIELDS.items():  # the built-in world's pairs carry their gold scores
+        if key in record:
+            pref[key] = _field(record, key, kind, where)
+    return pref
+
+
+# Optional fields of the built-in world's preference pairs (preferences.py writes them): the family of
+# the prompt and the gold score of each answer, so that a reward model can be measured against the gold rule.
+WORLD_FIELDS = {"family": str, "gold_chosen": (int, float), "gold_rejected": (int, float)}
+
+
+def load_preferences_jsonl(path) -> list[dict]:
+    """Preference JSONL -> [{"prompt": messages, "chosen": str, "rejected": str}, ...].
+
+    Accepted per line: {"prompt", "chosen", "rejected"} with a string or message-list prompt and
+    string or message-list answers; or {"chosen", "rejected"} alone, as message lists or as
+    HH-RLHF transcripts, whose prompt is everything before the final assistant answer. The optional
+    WORLD_FIELDS are kept when present.
+    """
+    return [_preference(record, f"{path}:{line_no}") for line_no, record in _read_jsonl(path)]
+
+
+def write_jsonl(path, records: list[dict]) -> None:
+    """One JSON object per line, UTF-8, non-ASCII kept readable."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def write_preferences_jsonl(path, prefs: list[dict]) -> None:
+    """Write {"prompt": messages, "chosen": str, "rejected": str} lines (load_preferences_jsonl's form),
+    with the built-in world's WORLD_FIELDS when a pair has them."""
+    records = []
+    for pref in prefs:
+        prompt = pref["prompt"]
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        record = {"prompt": prompt, "chosen": pref["chosen"], "rejected": pref["rejected"]}
+        record.update({key: pref[key] for key in WORLD_FIELDS if key in pref})
+        records.append(record)
+    write_jsonl(path, records)
+
+
+def load_text(paths) -> str:
+    """Read plain UTF-8 text files (a directory: its *.txt files, sorted), joined by a blank line."""
+    files = []
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        path = Path(path)
+        if path.is_dir():
+            found = sorted(path.glob("*.txt"))
+            if not found:
+                raise DataError(f"{path}: no .txt files in this directory")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or directory")
+    return "\n\n".join(read_utf8(file) for file in files)

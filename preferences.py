@@ -1,0 +1,232 @@
+"""
+preferences.py: comparison data, the stage between SFT and preference learning.
+
+InstructGPT's comparison data (Ouyang et al. 2022, section 3.5): sample several answers per prompt
+from the SFT model, have an annotator say which of two is better, keep (prompt, chosen, rejected).
+The built-in world's annotator is tasks.Labeler, the gold grader plus noise (docs/world.md); an AI
+judge can take its place (rlaif.AIJudge: RLAIF). reward.py and dpo.py both read what this writes.
+
+  python preferences.py                          # SFT samples -> labels (1 to 2 minutes on 2 cores)
+  python preferences.py --model-free             # pairs from demonstrations (fast, no model)
+  python preferences.py --data-file prefs.jsonl  # your preference JSONL (HH-RLHF transcripts too), split 90/10
+
+Reads <out_dir>/tokenizer/ and <out_dir>/sft/model.pt. Writes <out_dir>/preferences/train.jsonl,
+heldout.jsonl (one {"prompt", "chosen", "rejected"} per line; the built-in world's pairs also carry
+"family", "gold_chosen", "gold_rejected", for measuring against the gold rule) and stats.json.
+
+Departures from InstructGPT, at this size: the labeler may answer "equally good" and such pairs are
+dropped (a coin-flip label is pure noise); answers that never ended are not compared (PPO scores them
+with a fixed penalty instead); train prompts also compare a clean demonstration and the family's
+plausible mistake, as Anthropic's and OpenAI's data mixed human-written and model answers.
+"""
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+import tasks
+from common import cli, seed_everything
+from evaluate import respond
+from formats import load_preferences_jsonl, write_preferences_jsonl
+from model import get_device, load_policy
+from tokenizer import Tokenizer
+
+SPLITS = ("train", "heldout")
+
+
+@dataclass
+class PreferenceConfig:
+    out_dir: str = "runs/default"
+    """run folder: reads tokenizer/ and sft/model.pt, writes preferences/"""
+    init: str = ""
+    """the policy that samples the answers (default: <out_dir>/sft/model.pt)"""
+    data_file: str = ""
+    """your preference JSONL instead of the built-in world: 10% of its pairs are held out"""
+    model_free: bool = False
+    """built-in pairs from demonstrations (clean > wordy > mistake) instead of samples of the SFT model"""
+    world_seed: int = 0
+    """seed of the built-in world"""
+    n_prompts: int = 4000
+    """train prompts to sample answers for"""
+    n_heldout_prompts: int = 300
+    """other train-split prompts whose pairs are held out for the reward model's accuracy"""
+    samples_per_prompt: int = 4
+    """answers sampled per prompt (K); every pair of distinct answers is compared, as InstructGPT"""
+    sample_temperature: float = 1.0
+    """sampling temperature of the SFT model"""
+    max_new_tokens: int = 48
+    """longest sampled answer"""
+    labeler_temperature: float = 0.25
+    """noise of the simulated annotator (0: always agrees with the gold rule)"""
+    labeler_ties: bool = True
+    """the annotator may answer "equally good" (equal gold); such pairs are not kept (else: a coin flip)"""
+    demonstrations: bool = True
+    """train prompts also compare the clean answer and a plausible mistake (tasks.demonstrate) with the samples"""
+    seed: int = 1337
+    """seed of the prompts, the sampling and the labels"""
+    device: str = ""
+    """cuda, mps or cpu (default: the best available)"""
+    quiet: bool = False
+    """no progress lines"""
+
+
+# -----------------------------------------------------------------------------
+# Pairs from a policy, from demonstrations, from a file
+
+
+def make_pair(ex, chosen, rejected):
+    """A preference record of the built-in world, with the gold scores of both answers."""
+    return {"prompt": ex.messages, "chosen": chosen, "rejected": rejected, "family": ex.family,
+            "gold_chosen": tasks.grade(ex, chosen), "gold_rejected": tasks.grade(ex, rejected)}
+
+
+def labelled_pairs(labeler, candidates):
+    """Ask the labeler about every candidate (example, a, b) in one call, keep the decided ones.
+
+    labeler.label_pairs returns True (a is better), False (b is) or None ("equally good", or an AI
+    judge that could not decide): no pair then. tasks.Labeler and rlaif.AIJudge both answer it."""
+    pairs = []
+    for (ex, a, b), first in zip(candidates, labeler.label_pairs(candidates)):
+        if first is not None:
+            pairs.append(make_pair(ex, a, b) if first else make_pair(ex, b, a))
+    return pairs
+
+
+def policy_preferences(model, tok, examples, labeler, k=4, temperature=1.0, max_new_tokens=48,
+                       generator=None, demonstrations=False):
+    """Sample k answers per prompt from the policy, compare every pair of distinct answers.
+
+    Returns [{"prompt", "chosen", "rejected", "family", "gold_chosen", "gold_rejected"}]. Duplicates
+    are dropped (a pair of equal texts teaches nothing), and so are answers that never produced
+    <|end|>: the reward model always reads an <|end|>, and PPO scores unterminated answers with a
+    fixed penalty instead (the "EOS trick", OAI / N+). Pairs the labeler calls equally good (None)
+    are not kept. demonstrations: the clean answer and the family's plausible mistake join each
+    prompt's samples, so every prompt teaches its family's typical mistake, also where all k
+    samples were right.
+    """
+    answers = respond(model, tok, [ex.messages for ex in examples for _ in range(k)],
+                      temperature=temperature, max_new_tokens=max_new_tokens, batch_size=256, generator=generator)
+    candidates = []  # (example, answer a, answer b): the comparisons to ask the labeler for
+    for i, ex in enumerate(examples):
+        texts = []
+        for answer in answers[i * k:(i + 1) * k]:
+            if answer.ended and answer.text.strip() and answer.text not in texts:
+                texts.append(answer.text)
+        if demonstrations:
+            texts += [text for text in dict.fromkeys((ex.answer, ex.mistake)) if text not in texts]
+        candidates += [(ex, texts[a], texts[b])  # all K-choose-2 pairs (InstructGPT section 3.5)
+                       for a in range(len(texts)) for b in range(a + 1, len(texts))]
+    return labelled_pairs(labeler, candidates)
+
+
+def modelfree_preferences(examples, rng):
+    """One pair per prompt without a model: (clean, mistake), (wordy, mistake) or (clean, wordy).
+
+    The gold rule always prefers the first; tasks.demonstrate writes each kind of answer.
+    """
+    pairs = []
+    for ex in examples:
+        clean, wordy = tasks.demonstrate(ex, rng, 0.0, 0.0, 0.0), tasks.demonstrate(ex, rng, 0.0, 1.0, 0.0)
+        pairs.append(make_pair(ex, *rng.choice([(clean, ex.mistake), (wordy, ex.mistake), (clean, wordy)])))
+    return pairs
+
+
+def split_file(path, seed, heldout_frac=0.1):
+    """(train pairs, held-out pairs) of a user's preference file: shuffled with `seed`, 10% held out."""
+    pairs = load_preferences_jsonl(path)
+    random.Random(seed).shuffle(pairs)
+    n_heldout = max(1, int(len(pairs) * heldout_frac))
+    return pairs[n_heldout:], pairs[:n_heldout]
+
+
+def label_agreement(pairs):
+    """Share of pairs, among those the gold rule ranks, whose label agrees with it (nan if none).
+
+    These are the labels we actually drew; tasks.labeler_agreement would draw fresh ones.
+    """
+    ranked = [p for p in pairs if p["gold_chosen"] != p["gold_rejected"]]
+    return sum(p["gold_chosen"] > p["gold_rejected"] for p in ranked) / len(ranked) if ranked else float("nan")
+
+
+# -----------------------------------------------------------------------------
+# The stage
+
+
+def paths(out_dir):
+    """{split: <out_dir>/preferences/<split>.jsonl}."""
+    return {split: os.path.join(out_dir, "preferences", f"{split}.jsonl") for split in SPLITS}
+
+
+def load(out_dir):
+    """(train pairs, held-out pairs) written by this stage into <out_dir>/preferences/."""
+    files = paths(out_dir)
+    missing = [f for f in files.values() if not os.path.exists(f)]
+    if missing:
+        raise FileNotFoundError(f"no preference data at {missing[0]}: run preferences.py (or pipeline.py) first, "
+                                "or give --data-file")
+    return tuple(load_preferences_jsonl(files[split]) for split in SPLITS)
+
+
+def world_pairs(cfg, tok, judge=None):
+    """The built-in world's (train, held-out) pairs: prompts of the train split that SFT never saw,
+    answers sampled from the policy (or demonstrations, with --model-free), labelled by the simulated
+    human or by `judge`, which labels the model-free pairs too (they are otherwise ordered by construction)."""
+    device = str(get_device(cfg.device or None))
+    world = tasks.make_world(cfg.world_seed)
+    policy = None if cfg.model_free else load_policy(cfg.init or os.path.join(cfg.out_dir, "sft", "model.pt"), device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    splits = []
+    for name, n, seed in (("train", cfg.n_prompts, cfg.seed + 1), ("heldout", cfg.n_heldout_prompts, cfg.seed + 2)):
+        examples = tasks.make_examples(world, "train", n, seed=seed)  # train-split prompts, not SFT's
+        if cfg.model_free:
+            pairs = modelfree_preferences(examples, random.Random(seed))
+            if judge is not None:
+                pairs = labelled_pairs(judge, [(ex, p["chosen"], p["rejected"]) for ex, p in zip(examples, pairs)])
+        else:
+            labeler = judge or tasks.Labeler(cfg.labeler_temperature, seed=seed, ties=cfg.labeler_ties)
+            pairs = policy_preferences(policy, tok, examples, labeler, cfg.samples_per_prompt,
+                                       cfg.sample_temperature, cfg.max_new_tokens, generator,
+                                       demonstrations=cfg.demonstrations and name == "train")
+        if not pairs:
+            raise RuntimeError(f"no {name} preference pairs: the SFT model produced no two distinct, ended "
+                               "answers of different gold score for any prompt; train SFT longer, use "
+                               "--model-free, or let the labeler flip coins on ties (--labeler-ties false)")
+        splits.append(pairs)
+    return splits
+
+
+def make_preferences(cfg, judge=None):
+    """The stage: pairs from the user's file or the built-in world, written to <out_dir>/preferences/.
+    judge: a labeler to use instead of the simulated human (rlaif.py passes its AI judge).
+    Returns (train pairs, held-out pairs)."""
+    t0 = time.time()
+    seed_everything(cfg.seed)
+    if cfg.data_file:
+        train_pairs, heldout_pairs = split_file(cfg.data_file, cfg.seed)
+    else:
+        tok = Tokenizer.load(os.path.join(cfg.out_dir, "tokenizer"))
+        train_pairs, heldout_pairs = world_pairs(cfg, tok, judge)
+    files = paths(cfg.out_dir)
+    for split, pairs in zip(SPLITS, (train_pairs, heldout_pairs)):
+        write_preferences_jsonl(files[split], pairs)
+    stats = {"train_pairs": len(train_pairs), "heldout_pairs": len(heldout_pairs), "time_s": time.time() - t0}
+    if "gold_chosen" in train_pairs[0]:
+        stats.update({"labels/gold_agreement": label_agreement(train_pairs),
+                      "labels/heldout_gold_agreement": label_agreement(heldout_pairs),
+                      "labels/gold_ranked": sum(p["gold_chosen"] != p["gold_rejected"] for p in train_pairs)})
+    with open(os.path.join(cfg.out_dir, "preferences", "stats.json"), "w") as f:
+        json.dump({**stats, "stage_config": asdict(cfg)}, f, indent=2)
+    if not cfg.quiet:
+        print(f"preferences: {len(train_pairs)} train pairs, {len(heldout_pairs)} held out ({stats['time_s']:.0f}s)")
+        if "labels/gold_agreement" in stats:
+            print(f"labels agree with the gold rule on {stats['labels/gold_agreement']:.1%} of the "
+                  f"{stats['labels/gold_ranked']} train pairs it ranks")
+    return train_pairs, heldout_pairs
+
+
+if __name__ == "__main__":
+    make_preferences(cli(PreferenceConfig))
