@@ -20,7 +20,7 @@ Departures: no entropy bonus and no early stop on approx_kl (OAI and N+ use neit
 as every stage (N+, CleanRL: 1e-5); a cosine learning-rate decay (OAI: linear to 0).
 """
 
-# The details, numbered; [n] in the code marks where each is implemented:
+# The details, numbered; [n] in the code marks where each is implemented (1-7: in rollout.py):
 #  1. Policy and frozen reference both start from SFT, dropout off (model.load_policy).
 #  2. The critic is a RewardModel read at every token, from the reward model (N+; default) or from
 #     SFT with a zero head (OAI): --critic-init.
@@ -32,7 +32,8 @@ as every stage (N+, CleanRL: 1e-5); a cosine learning-rate decay (OAI: linear to
 #  8. Per-token KL penalty r_t = -kl_coef * (log pi - log pi_ref); fixed or adaptive kl_coef (OAI).
 #  9. GAE with gamma 1, lambda 0.95, over response tokens only (Schulman et al. 2015).
 # 10. Advantages whitened over the valid tokens of every process's batch; optional reward whitening (N+).
-# 11. Clipped surrogate objective, clip 0.2.      12. Clipped value loss (clip 0.2), vf_coef 0.1 (OAI).
+# 11. Clipped surrogate objective, clip 0.2.
+# 12. Clipped value loss (clip 0.2), vf_coef 0.1 (OAI).
 # 13. No entropy bonus (OAI, N+); the entropy is logged.
 # 14. ppo_epochs passes over shuffled minibatches of every rollout batch (CleanRL).
 # 15. Dropout off everywhere, so the ratio is exactly 1 on the first minibatch: ratio0_error reads 0
@@ -42,7 +43,6 @@ as every stage (N+, CleanRL: 1e-5); a cosine learning-rate decay (OAI: linear to
 #     clipfrac, ratio mean/max, entropy, response length, share ended, explained variance.
 # 18. Every eval_every iterations and at the end: evaluate.evaluate_policy on held-out prompts.
 
-import copy
 import functools
 import json
 import math
@@ -52,17 +52,15 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
 import tasks
 from common import (Progress, TrainState, all_reduce_gradients, all_reduce_sum, cleanup_distributed, cli,
                     format_seconds, lr_at, make_optimizer, masked_mean, masked_mean_var, masked_var, masked_whiten,
                     seed_everything, setup_distributed)
-from data import decode_content, render_prompt
 from evaluate import eval_sets, evaluate_policy
-from generate import generate
-from model import autocast, load_policy, logprobs_from_logits
-from reward import RewardModel, last_token_index, load_reward_model
+from model import autocast
+from reward import last_token_index
+from rollout import load_models, response_logprobs, rollout
 from tokenizer import Tokenizer
 
 
@@ -133,8 +131,6 @@ class PPOConfig:
     """continue from <out_dir>/ppo/model.pt"""
     quiet: bool = False
     """no progress lines"""
-
-
 
 
 # -----------------------------------------------------------------------------
@@ -221,75 +217,6 @@ class AdaptiveKLController:
         self.value *= 1 + error * n_answers / self.horizon
 
 
-# -----------------------------------------------------------------------------
-# Models and rollouts
-
-
-def make_critic(init, rm, sft_model):
-    """The value model: a RewardModel (trunk + scalar head) whose head reads every position. [2]
-
-    "reward" (default, N+): a copy of the reward model. Its trunk already computes the score, so
-    the head calibrates fast; its values away from the <|end|> (where alone it was trained) start
-    off. "sft" (OAI): the SFT trunk with a zero head, every value 0 at the start.
-    """
-    if init == "reward":
-        if not isinstance(rm, RewardModel):
-            raise ValueError("critic_init 'reward' needs a RewardModel; use critic_init 'sft'")
-        critic = copy.deepcopy(rm)
-    elif init == "sft":
-        critic = RewardModel(copy.deepcopy(sft_model))
-        torch.nn.init.zeros_(critic.head.weight)  # the bias is already 0
-    else:
-        raise ValueError(f"critic_init must be 'reward' or 'sft', got {init!r}")
-    return critic.to(next(sft_model.parameters()).device).requires_grad_(True)
-
-
-def response_logprobs(policy, ids, attention_mask, prompt_width, temperature):
-    """Logprobs and entropies (B, N) of the policy at the N response tokens, at the temperature. [4]
-
-    ids, attention_mask: (B, P + N), prompts left-padded to width P; column P - 1 + t predicts
-    response token t. The same function computes the rollout's and the training's logprobs.
-    """
-    logits, _ = policy(ids, attention_mask=attention_mask)
-    logits = logits[:, prompt_width - 1:-1]  # (B, N, V)
-    logprobs = logprobs_from_logits(logits, ids[:, prompt_width:], temperature)  # logits / T [4]
-    with torch.no_grad():
-        logp = F.log_softmax(logits.float() / temperature, dim=-1)
-        entropy = -(logp.exp() * logp).sum(-1)  # logged, not optimised [13]
-    return logprobs, entropy
-
-
-@torch.no_grad()
-def rollout(policy, ref_policy, critic, rm, tok, examples, cfg, device, generator=None):
-    """Sample one answer per example and compute what PPO needs. [3-7]
-
-    Returns a dict: ids, attention_mask (B, P + N); response_mask, logprobs, ref_logprobs, values
-    (B, N) (values None without a critic); scores (B,) (the RM's, or the penalty), rm_scores, gold,
-    ended (B,); prompt_width P.
-    """
-    room = policy.config.block_size - cfg.max_new_tokens  # a long prompt loses its start
-    prompts = [render_prompt(tok, ex.messages, room) for ex in examples]
-    t0 = time.perf_counter()
-    with autocast(device):
-        gen = generate(policy, prompts, cfg.max_new_tokens, cfg.temperature, stop_id=tok.end_id,
-                       pad_id=tok.pad_id, generator=generator)  # plain softmax [3]; stop at <|end|> [5]
-        t_generate = time.perf_counter()
-        P, ids, mask = gen.prompt_width, gen.tokens, gen.attention_mask
-        # recomputed, not generate's cached logprobs: the training pass must see the same numbers [4, 15]
-        logprobs, _ = response_logprobs(policy, ids, mask, P, cfg.temperature)
-        ref_logprobs, _ = response_logprobs(ref_policy, ids, mask, P, cfg.temperature)
-        values = critic.token_values(ids, mask)[:, P - 1:-1] if critic is not None else None
-        rm_scores = rm(ids, mask).float()  # the RM reads the last real token: the <|end|> [7]
-    ended = torch.tensor(gen.ended, device=ids.device)
-    scores = torch.where(ended, rm_scores, torch.full_like(rm_scores, cfg.missing_eos_penalty))  # [6]
-    texts = [decode_content(tok, r[:-1] if e else r) for r, e in zip(gen.responses, gen.ended)]
-    gold = torch.tensor([tasks.grade(ex, text, e) for ex, text, e in zip(examples, texts, gen.ended)])
-    return {"ids": ids, "attention_mask": mask, "prompt_width": P, "response_mask": mask[:, P:].float(),
-            "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values, "scores": scores,
-            "rm_scores": rm_scores, "ended": ended, "gold": gold,
-            "seconds": {"generate": t_generate - t0, "score": time.perf_counter() - t_generate}}
-
-
 def rewards_and_advantages(batch, kl_coef, cfg):
     """Step 2 of an iteration: per-token rewards, GAE, whitening. Returns (advantages, returns,
     non_score_rewards), each (B, N). Whitening uses the moments of every process's rollouts. [8-10]"""
@@ -353,24 +280,11 @@ def iteration_metrics(batch, non_score_rewards, returns, stats, kl, kl_coef, lr,
 
 
 def evaluate(policy, ref_policy, rm, tok, sets, cfg, sampled=False):
-    """evaluate.evaluate_policy on the held-out prompts: gold score, accuracy, length and share ended
-    per split, greedy (and with `sampled` at the rollout temperature); the KL to the reference at the
-    rollout temperature (the estimator of the penalty [8]) and the RM score of the greedy answers. [18]"""
+    """evaluate.evaluate_policy on held-out prompts, greedy (and with `sampled` at the rollout temperature),
+    with the KL to the reference at the rollout temperature (the penalty's estimator [8]) and the RM score. [18]"""
     results = evaluate_policy(policy, tok, sets, ref_policy, rm, cfg.temperature if sampled else None,
                               cfg.max_new_tokens, cfg.seed, kl_temperature=cfg.temperature)
     return {k: v for k, v in results.items() if "/family/" not in k and "/difficulty/" not in k}
-
-
-def load_models(cfg, device, reward_model, say):
-    """(policy, frozen reference, critic, frozen reward model) for a PPO run. [1, 2]"""
-    sft_path = cfg.sft_path or os.path.join(cfg.out_dir, "sft", "model.pt")
-    policy = load_policy(sft_path, device)  # [1]
-    ref_policy = load_policy(sft_path, device).requires_grad_(False)  # frozen [1]
-    rm = reward_model or load_reward_model(cfg.reward_path or os.path.join(cfg.out_dir, "reward", "model.pt"), device)
-    if isinstance(rm, RewardModel) and rm.score_std.item() == 1.0 and rm.score_mean.item() == 0.0:
-        say("warning: the reward model is not normalised; kl_coef and missing_eos_penalty assume mean 0, std 1")
-    critic = make_critic(cfg.critic_init, rm, ref_policy)  # copied before rm is frozen [2]
-    return policy, ref_policy, critic, rm.requires_grad_(False).eval()
 
 
 def final_evaluation(policy, ref_policy, rm, tok, sets, cfg, say):

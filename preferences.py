@@ -4,7 +4,7 @@ preferences.py: comparison data, the stage between SFT and preference learning.
 InstructGPT's comparison data (Ouyang et al. 2022, section 3.5): sample several answers per prompt
 from the SFT model, have an annotator say which of two is better, keep (prompt, chosen, rejected).
 The built-in world's annotator is tasks.Labeler, the gold grader plus noise (docs/world.md); an AI
-judge can take its place (rlaif.AIJudge: RLAIF). reward.py and dpo.py both read what this writes.
+judge can take its place (judge.AIJudge: RLAIF). reward.py and dpo.py both read what this writes.
 
   python preferences.py                          # SFT samples -> labels (1 to 2 minutes on 2 cores)
   python preferences.py --model-free             # pairs from demonstrations (fast, no model)
@@ -88,7 +88,7 @@ def labelled_pairs(labeler, candidates):
     """Ask the labeler about every candidate (example, a, b) in one call, keep the decided ones.
 
     labeler.label_pairs returns True (a is better), False (b is) or None ("equally good", or an AI
-    judge that could not decide): no pair then. tasks.Labeler and rlaif.AIJudge both answer it."""
+    judge that could not decide): no pair then. tasks.Labeler and judge.AIJudge both answer it."""
     pairs = []
     for (ex, a, b), first in zip(candidates, labeler.label_pairs(candidates)):
         if first is not None:

@@ -33,6 +33,8 @@ import pipeline
 import rlaif
 import tasks
 from evaluate import respond
+from judge import (critique_prompt, feedback_conversations, judge_prompt, load_constitution, parse_verdict,
+                   question_of)
 from model import load_policy
 from tokenizer import Tokenizer
 
@@ -63,7 +65,7 @@ for answer in (city.answer, tasks.REFUSAL):
 # drawn at random, as in the paper.
 
 # %%
-principles = rlaif.load_constitution(rlaif.RLAIFConfig().constitution)
+principles = load_constitution(rlaif.RLAIFConfig().constitution)
 for p in principles:
     print("-", p)
 
@@ -75,7 +77,7 @@ for p in principles:
 # verdict.
 
 # %%
-for conv in rlaif.feedback_conversations(world, 2, principles, seed=3, judge_share=0.5):
+for conv in feedback_conversations(world, 2, principles, seed=3, judge_share=0.5):
     print(conv[0]["content"])
     print("  ->", conv[1]["content"].replace("\n", "\n     "))
     print()
@@ -88,7 +90,7 @@ for conv in rlaif.feedback_conversations(world, 2, principles, seed=3, judge_sha
 
 # %%
 for text in ["Answer: 42\nBetter: A", "b", "Better: A\nBetter: B", "Both are fine.", "Better: C", ""]:
-    print(f"{text!r:28} -> {rlaif.parse_verdict(text)}")
+    print(f"{text!r:28} -> {parse_verdict(text)}")
 
 # %% [markdown]
 # ## A run with RLAIF and Constitutional AI
@@ -124,8 +126,8 @@ examples = tasks.make_examples(world, "test", 4, seed=5)
 examples.append(secret)
 for ex in examples:
     wrong = ex.mistake
-    q = rlaif.question_of(ex)
-    raw = [respond(judge.model, tok, [rlaif.judge_prompt(q, a, b, principles[0])], 0.0,
+    q = question_of(ex)
+    raw = [respond(judge.model, tok, [judge_prompt(q, a, b, principles[0])], 0.0,
                    cfg.judge_max_new_tokens)[0].text for a, b in ((ex.answer, wrong), (wrong, ex.answer))]
     ratios = [judge.log_ratios([q], [a], [b], principles[:1])[0] for a, b in ((ex.answer, wrong), (wrong, ex.answer))]
     total = ratios[0] - ratios[1]  # what label_pairs adds up (it draws a principle per pair; here the first)
@@ -163,9 +165,9 @@ g = torch.Generator().manual_seed(0)
 answers = respond(policy, tok, [ex.messages for ex in forbidden], 1.0, 16, generator=g)
 for ex, answer in zip(forbidden, answers):
     text = answer.text
-    prompt = rlaif.critique_prompt(rlaif.question_of(ex), text, principles[2])
+    prompt = critique_prompt(question_of(ex), text, principles[2])
     reply = respond(judge.model, tok, [prompt], 0.0, cfg.critique_max_new_tokens)[0].text
-    print(f"{rlaif.question_of(ex)}\n  answer: {text!r}\n  feedback: {reply!r}\n")
+    print(f"{question_of(ex)}\n  answer: {text!r}\n  feedback: {reply!r}\n")
 stats_path = os.path.join(source, "cai", "sft", "revisions.json")
 if os.path.exists(stats_path):
     print("revision statistics:", json.load(open(stats_path)))

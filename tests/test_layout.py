@@ -7,7 +7,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FOUNDATION = ["model", "generate", "gpt2", "tokenizer", "data", "formats", "tasks", "common", "evaluate",
               "preferences"]
-STAGES = ["pretrain", "sft", "reward", "ppo", "dpo", "rlaif"]
+STAGES = ["pretrain", "sft", "reward", "rollout", "ppo", "dpo", "judge", "rlaif"]
 TOP = ["pipeline", "chat", "bench"]
 
 

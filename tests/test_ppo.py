@@ -14,8 +14,8 @@ import tasks
 from tokenizer import Tokenizer
 from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
 from common import masked_whiten
-from ppo import (AdaptiveKLController, PPOConfig, gae, kl_penalty_rewards, make_critic, policy_loss,
-                 response_logprobs, rollout, value_loss)
+from ppo import AdaptiveKLController, PPOConfig, gae, kl_penalty_rewards, policy_loss, value_loss
+from rollout import make_critic, response_logprobs, rollout
 from reward import RewardModel, last_token_index
 
 WORLD = tasks.make_world(0)

@@ -8,6 +8,8 @@ import pytest
 import rlaif
 import tasks
 from formats import DataError
+from judge import (AIJudge, candidate_answers, critique_of, feedback_conversations, judge_agreement,
+                   judge_prompt, load_constitution, parse_revision, parse_verdict, question_of)
 
 WORLD = tasks.make_world(0)
 
@@ -20,26 +22,26 @@ def example(family, n=1, split="train"):
 def test_constitution_is_read_from_its_file(tmp_path):
     path = tmp_path / "rules.txt"
     path.write_text("# a comment\n\nBe kind to frogs.\n   Never say the word plum.  \n")
-    assert rlaif.load_constitution(path) == ["Be kind to frogs.", "Never say the word plum."]
+    assert load_constitution(path) == ["Be kind to frogs.", "Never say the word plum."]
     # the principles reach the feedback model's prompts: each judgement and critique shows one of them
-    convs = rlaif.feedback_conversations(WORLD, 40, rlaif.load_constitution(path), seed=1)
+    convs = feedback_conversations(WORLD, 40, load_constitution(path), seed=1)
     shown = {conv[0]["content"].split("\n")[0] for conv in convs}
     assert shown == {"Principle: Be kind to frogs.", "Principle: Never say the word plum."}
 
 
 def test_the_shipped_constitution_covers_both_axes():
-    principles = rlaif.load_constitution(rlaif.RLAIFConfig().constitution)
+    principles = load_constitution(rlaif.RLAIFConfig().constitution)
     text = " ".join(principles).lower()
     assert len(principles) >= 3 and "secret" in text and "refuse" in text
 
 
 def test_a_bad_constitution_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.txt"):
-        rlaif.load_constitution(tmp_path / "nowhere.txt")
+        load_constitution(tmp_path / "nowhere.txt")
     empty = tmp_path / "empty.txt"
     empty.write_text("# only a comment\n\n")
     with pytest.raises(DataError, match="empty.txt"):
-        rlaif.load_constitution(empty)
+        load_constitution(empty)
 
 
 # ----------------------------------------------------------------------------- parsing the feedback model
@@ -60,64 +62,64 @@ def test_a_bad_constitution_file_is_named(tmp_path):
     ("555555555555555", None),
 ])
 def test_parse_verdict_handles_malformed_output(text, verdict):
-    assert rlaif.parse_verdict(text) == verdict
+    assert parse_verdict(text) == verdict
 
 
 def test_parse_revision():
-    assert rlaif.parse_revision("Critique: It is wrong.\nRevision: 42") == "42"
-    assert rlaif.parse_revision("Critique: It gives away a private detail.\nRevision: Sorry, that is private.") \
+    assert parse_revision("Critique: It is wrong.\nRevision: 42") == "42"
+    assert parse_revision("Critique: It gives away a private detail.\nRevision: Sorry, that is private.") \
         == "Sorry, that is private."
-    assert rlaif.parse_revision("Critique: It is wrong.") is None
-    assert rlaif.parse_revision("Critique: It is wrong.\nRevision:   ") is None
-    assert rlaif.parse_revision("Revision: 4\nRevision: 5") is None
+    assert parse_revision("Critique: It is wrong.") is None
+    assert parse_revision("Critique: It is wrong.\nRevision:   ") is None
+    assert parse_revision("Revision: 4\nRevision: 5") is None
 
 
 # ----------------------------------------------------------------------------- feedback demonstrations
 def test_feedback_demonstrations_follow_the_gold_rule():
-    principles = rlaif.load_constitution(rlaif.RLAIFConfig().constitution)
+    principles = load_constitution(rlaif.RLAIFConfig().constitution)
     examples = tasks.make_examples(WORLD, "train", 300, seed=101 + 5)
-    convs = rlaif.feedback_conversations(WORLD, 300, principles, seed=5, judge_share=0.5, clip_chars=1000)
+    convs = feedback_conversations(WORLD, 300, principles, seed=5, judge_share=0.5, clip_chars=1000)
     assert len(convs) == 300
     n_judge = 0
     for ex, (prompt, reply) in zip(examples, convs):
-        assert rlaif.question_of([prompt]) in prompt["content"] and ex.messages[-1]["content"] in prompt["content"]
+        assert question_of([prompt]) in prompt["content"] and ex.messages[-1]["content"] in prompt["content"]
         body = prompt["content"]
         if body.endswith("Which is better?"):  # a judgement: the gold-better answer wins
             n_judge += 1
             a = body.split("\nA: ")[1].split("\nB: ")[0]
             b = body.split("\nB: ")[1].split("\nWhich is better?")[0]
-            verdict = rlaif.parse_verdict(reply["content"])
+            verdict = parse_verdict(reply["content"])
             assert tasks.grade(ex, a) != tasks.grade(ex, b)
             assert verdict == ("A" if tasks.grade(ex, a) > tasks.grade(ex, b) else "B")
             assert reply["content"].startswith(f"Answer: {ex.answer}\n")
         else:  # a critique: the revision is the right answer (the refusal for a forbidden request)
-            assert rlaif.parse_revision(reply["content"]) == ex.answer
+            assert parse_revision(reply["content"]) == ex.answer
     assert 100 < n_judge < 200
 
 
 def test_critiques_name_the_flaw():
     add, = example("add")
     secret, = example("secret")
-    assert rlaif.critique_of(add, add.answer) == "It is right."
-    assert rlaif.critique_of(add, add.mistake) == "It is wrong."
-    assert rlaif.critique_of(add, f"The answer is {add.answer}.") == "It is right, with extra words."
-    assert rlaif.critique_of(add, tasks.REFUSAL) == "It refuses a harmless request."
-    assert rlaif.critique_of(secret, secret.mistake) == "It gives away a private detail."
-    assert rlaif.critique_of(secret, tasks.REFUSAL) == "It declines, as it should."
+    assert critique_of(add, add.answer) == "It is right."
+    assert critique_of(add, add.mistake) == "It is wrong."
+    assert critique_of(add, f"The answer is {add.answer}.") == "It is right, with extra words."
+    assert critique_of(add, tasks.REFUSAL) == "It refuses a harmless request."
+    assert critique_of(secret, secret.mistake) == "It gives away a private detail."
+    assert critique_of(secret, tasks.REFUSAL) == "It declines, as it should."
 
 
 def test_candidate_answers_span_both_axes():
     rng = random.Random(0)
     secret, = example("secret")
-    answers = rlaif.candidate_answers(WORLD, secret, rng)
+    answers = candidate_answers(WORLD, secret, rng)
     assert tasks.REFUSAL in answers and secret.mistake in answers and len(set(answers)) == len(answers)
     city, = example("person_city")
-    answers = rlaif.candidate_answers(WORLD, city, rng)
+    answers = candidate_answers(WORLD, city, rng)
     assert city.answer in answers and tasks.REFUSAL in answers  # over-refusal is a candidate to judge down
 
 
 # ----------------------------------------------------------------------------- the judge's labels
-class ScriptedJudge(rlaif.AIJudge):
+class ScriptedJudge(AIJudge):
     """An AIJudge whose verdicts (generate mode) or log-ratios (likelihood mode) come from a script
     instead of a model: the labelling logic alone."""
 
@@ -182,10 +184,10 @@ def test_likelihood_judge_scores_the_reference_answer_it_writes():
     tok = Tokenizer.train("Answer: 42 43 Better: A B Principle Question Which is better? " * 20, 300)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=16)).eval()
-    judge = rlaif.AIJudge(model, tok, ["Be right."])
+    judge = AIJudge(model, tok, ["Be right."])
     question, a, b = "What is 40 + 2?", "42", "43"
     got = judge.log_ratios([question], [a], [b], ["Be right."])[0]
-    prompt = render_prompt(tok, rlaif.judge_prompt(question, a, b, "Be right."))
+    prompt = render_prompt(tok, judge_prompt(question, a, b, "Be right."))
 
     def by_hand(answer):
         ids = prompt + encode_content(tok, f"Answer: {answer}\nBetter:")
@@ -209,7 +211,7 @@ def test_judge_agreement_against_gold():
             return "B" if x == "good2" else "A"  # consistently wrong
         return "A" if x == "good" else "B"
 
-    results = rlaif.judge_agreement(ScriptedJudge(script), pairs)
+    results = judge_agreement(ScriptedJudge(script), pairs)
     assert results["pairs"] == 4
     assert results["agreement"] == pytest.approx(2 / 4)
     assert results["decided"] == pytest.approx(3 / 4)
