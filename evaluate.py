@@ -14,7 +14,7 @@ same gold grader (tasks.grade), so their numbers can be set side by side:
   best_of_n        sample N answers, keep the reward model's favourite, grade it, for several N
 
   sets = eval_sets(tasks.make_world(0), n=100)
-  results = evaluate(model, tok, sets)                 # {"test/accuracy": 0.87, "test/gold": ..., ...}
+  results = evaluate(model, tok, sets)                 # {"test/accuracy": ..., "test/gold": ..., ...}
   answers = respond(model, tok, [sets["test"][0].messages])
   answers[0].text, answers[0].ended, answers[0].n_tokens
 

@@ -6,7 +6,7 @@ from the SFT model, have an annotator say which of two is better, keep (prompt, 
 The built-in world's annotator is tasks.Labeler, the gold grader plus noise (docs/world.md); an AI
 judge can take its place (judge.AIJudge: RLAIF). reward.py and dpo.py both read what this writes.
 
-  python preferences.py                          # SFT samples -> labels (1 to 2 minutes on 2 cores)
+  python preferences.py                          # samples of the SFT model, labelled by the simulated human
   python preferences.py --model-free             # pairs from demonstrations (fast, no model)
   python preferences.py --data-file prefs.jsonl  # your preference JSONL (HH-RLHF transcripts too), split 90/10
 

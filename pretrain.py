@@ -5,7 +5,7 @@ The base model only learns to continue text. It reads the built-in world's corpu
 (tasks.pretrain_corpus: biographies, category facts, skills written as prose, filler stories),
 or your own UTF-8 text files with --text-files. Later stages start from its checkpoint.
 
-  python pretrain.py                          # built-in corpus, CPU-sized defaults (about 6 min on 2 cores)
+  python pretrain.py                          # built-in corpus, CPU-sized defaults
   python pretrain.py --text-files my_texts/   # your own .txt files
   python pretrain.py --resume                 # continue an interrupted run (Ctrl-C saves a checkpoint)
   torchrun --nproc_per_node=4 pretrain.py --grad-accum 4   # 4 GPUs, each a quarter of every step's batch
@@ -35,7 +35,7 @@ class PretrainConfig:
     text_files: str = ""
     """comma-separated .txt files or folders to train on instead of the built-in corpus"""
     corpus_size: float = 1.0
-    """size knob of the built-in corpus (1.0 is about 2 MB of text)"""
+    """size knob of the built-in corpus (1.0 is about 1.9 million characters of text)"""
     world_seed: int = 0
     """seed of the built-in world"""
     vocab_size: int = 2048

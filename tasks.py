@@ -14,7 +14,7 @@ instruction has a checkable answer. That lets every stage be *measured* (see doc
 
 Use:
     world = make_world(seed=0)
-    docs = pretrain_corpus(world, size=1.0)            # list[str], about 1.8 MB of text
+    docs = pretrain_corpus(world, size=1.0)            # list[str]; size scales the corpus
     train = make_examples(world, "train", 1000)        # list[Example]
     ex = train[0]; ex.messages, ex.answer              # prompt messages and clean answer
     grade(ex, "pear, dog, cat", ended=True)            # 1.0 / (0.5, 0.75) / 0.0 / -1.0
@@ -286,7 +286,7 @@ def _story(world: World, rng: random.Random) -> str:
 
 
 def pretrain_corpus(world: World, size: float = 1.0, seed: int = 0) -> list[str]:
-    """Plain-text documents, shuffled. size scales the number of documents (size=1.0: about 1.8 MB).
+    """Plain-text documents, shuffled. size scales the number of documents (size=1.0: about 1.9 million characters).
     Every person gets max(1, round(20 * size)) biographies, so even a tiny corpus states every fact
     (at size=1.0: each fact 40 times, in several paraphrases)."""
     rng = random.Random(zlib.crc32(repr(("corpus", world.seed, seed)).encode()))
