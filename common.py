@@ -41,7 +41,7 @@ def cli(config_cls, argv=None):
 
     The string literal under each field is its help text (as in CleanRL's Args).
     """
-    docs = _field_docs(config_cls)
+    docs = {name: text.replace("%", "%%") for name, text in _field_docs(config_cls).items()}  # argparse formats help with %
     parser = argparse.ArgumentParser(description=inspect.getdoc(inspect.getmodule(config_cls)).split("\n")[0])
     for f in dataclasses.fields(config_cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -110,6 +110,15 @@ def barrier():
     """Wait for every rank (a no-op in a single process)."""
     if dist.is_initialized():
         dist.barrier()
+
+
+def rank0_first(fn):
+    """fn() on rank 0, then, after a barrier, on the other ranks: rank 0 may write files that the
+    others then read (a single process just calls fn)."""
+    rank, _ = rank_and_world_size()
+    result = fn() if rank == 0 else None
+    barrier()
+    return result if rank == 0 else fn()
 
 
 def all_reduce_sum(tensor):

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 import preferences
 import tasks
-from common import barrier, cleanup_distributed, cli, fit, seed_everything, setup_distributed
+from common import cleanup_distributed, cli, fit, rank0_first, seed_everything, setup_distributed
 from data import collate, render_chat
 from evaluate import eval_sets, evaluate_policy
 from model import IGNORE_INDEX, autocast, load_policy, logprobs_from_logits
@@ -213,17 +213,6 @@ def pair_metrics(losses, chosen_rewards, rejected_rewards, policy_chosen_logps, 
             "logp_chosen": policy_chosen_logps.detach().sum(), "logp_rejected": policy_rejected_logps.detach().sum()}
 
 
-def load_pairs(cfg):
-    """(train pairs, held-out pairs): the user's file, else <out_dir>/preferences/ (made first when missing,
-    with preferences.py's defaults: the pairs reward.py reads too)."""
-    if cfg.data_file:
-        return preferences.split_file(cfg.data_file, cfg.seed)
-    if not all(os.path.exists(f) for f in preferences.paths(cfg.out_dir).values()):
-        preferences.make_preferences(preferences.PreferenceConfig(
-            out_dir=cfg.out_dir, init=cfg.init, world_seed=cfg.world_seed, seed=cfg.seed, device=cfg.device))
-    return preferences.load(cfg.out_dir)
-
-
 def print_comparison(results, splits):
     """Gold score per split, SFT vs DPO, greedy and sampled; then the KL to SFT."""
     print(f"  {'gold score':18} {'SFT greedy':>10} {'DPO greedy':>10} {'SFT T=1':>8} {'DPO T=1':>8}")
@@ -252,9 +241,8 @@ def train(cfg):
     policy = load_policy(init, device)  # the policy starts equal to the reference
     max_len = min(cfg.max_len, policy.config.block_size)
 
-    pairs = load_pairs(cfg) if rank == 0 else None
-    barrier()  # under torchrun rank 0 makes and writes the pairs (if absent); the others then read them
-    train_pairs, heldout_pairs = pairs or load_pairs(cfg)
+    train_pairs, heldout_pairs = rank0_first(  # the user's file, else <out_dir>/preferences/ (made if missing)
+        lambda: preferences.load_pairs(cfg.out_dir, cfg.data_file, cfg.seed, cfg.init, cfg.world_seed, device))
     train_examples, heldout_examples = tokenize_pairs(tok, train_pairs), tokenize_pairs(tok, heldout_pairs)
     # computed once: (chosen, rejected) sequence logprobs of the frozen reference
     ref_train = pair_logprobs(ref, train_examples, tok.pad_id, max_len, cfg.score_batch_size)

@@ -161,6 +161,16 @@ def paths(out_dir):
     return {split: os.path.join(out_dir, "preferences", f"{split}.jsonl") for split in SPLITS}
 
 
+def load_pairs(out_dir, data_file="", seed=1337, init="", world_seed=0, device=""):
+    """(train pairs, held-out pairs) for reward.py and dpo.py: the user's file (split_file), else
+    <out_dir>/preferences/, made first with this stage's defaults when it is missing."""
+    if data_file:
+        return split_file(data_file, seed)
+    if not all(os.path.exists(f) for f in paths(out_dir).values()):
+        make_preferences(PreferenceConfig(out_dir=out_dir, init=init, world_seed=world_seed, seed=seed, device=device))
+    return load(out_dir)
+
+
 def load(out_dir):
     """(train pairs, held-out pairs) written by this stage into <out_dir>/preferences/."""
     files = paths(out_dir)

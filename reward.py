@@ -7,7 +7,7 @@ response) so that the Bradley-Terry probability sigmoid(r_chosen - r_rejected) f
 simulated annotator with a hidden rule, so we measure how well the model learned that rule, not only
 the noisy labels; best-of-N sampling (evaluate.best_of_n) shows whether optimising it helps.
 
-  python reward.py                          # <out_dir>/preferences/ -> RM -> normalisation -> best-of-N
+  python reward.py                          # <out_dir>/preferences/ (made first if missing) -> RM -> best-of-N
   python reward.py --likelihood false       # the plain head on the last token, the textbook model
   python reward.py --data-file prefs.jsonl  # your preference JSONL (HH-RLHF transcripts too)
 
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 import preferences
 import tasks
-from common import cleanup_distributed, cli, fit, seed_everything, setup_distributed
+from common import cleanup_distributed, cli, fit, rank0_first, seed_everything, setup_distributed
 from data import encode_content, pad_rows, render_response
 from evaluate import best_of_n, respond, score_responses
 from model import GPT, GPTConfig, load_policy, load_state, logprobs, logprobs_from_logits, save_checkpoint
@@ -341,10 +341,8 @@ def train(cfg):
     say = (lambda *a: None) if cfg.quiet or rank != 0 else print
     tok = Tokenizer.load(os.path.join(cfg.out_dir, "tokenizer"))
     policy = load_policy(cfg.init or os.path.join(cfg.out_dir, "sft", "model.pt"), device)
-    if cfg.data_file:
-        train_pairs, heldout_pairs = preferences.split_file(cfg.data_file, cfg.seed)
-    else:
-        train_pairs, heldout_pairs = preferences.load(cfg.out_dir)
+    train_pairs, heldout_pairs = rank0_first(  # the user's file, else <out_dir>/preferences/ (made if missing)
+        lambda: preferences.load_pairs(cfg.out_dir, cfg.data_file, cfg.seed, cfg.init, cfg.world_seed, device))
     world_labels = "gold_chosen" in train_pairs[0]  # pairs of the built-in world carry their gold scores
     say(f"reward: {len(train_pairs)} train pairs, {len(heldout_pairs)} held out")
 

@@ -96,3 +96,18 @@ def test_a_users_file_is_split_the_same_way_every_time(tmp_path):
 def test_load_names_the_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="preferences.py"):
         preferences.load(tmp_path)
+
+
+def test_load_pairs_makes_the_preferences_only_when_missing(tmp_path, monkeypatch):
+    made = []
+
+    def fake_make(cfg, judge=None):  # what make_preferences writes, without a model
+        made.append(cfg.out_dir)
+        pairs = modelfree_preferences(tasks.make_examples(WORLD, "train", 4, seed=1), random.Random(0))
+        for path in preferences.paths(cfg.out_dir).values():
+            write_preferences_jsonl(path, pairs)
+
+    monkeypatch.setattr(preferences, "make_preferences", fake_make)
+    train, heldout = preferences.load_pairs(str(tmp_path))
+    assert made == [str(tmp_path)] and len(train) == len(heldout) == 4
+    assert preferences.load_pairs(str(tmp_path)) == (train, heldout) and len(made) == 1  # read, not made again
