@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -360,11 +360,10 @@ def run_stage(name, fn, run_dir):
 
 def main(cfg):
     """Every stage in order, then the report card. Returns (report dict, report markdown)."""
-    cfg.preset = "quick" if cfg.quick else cfg.preset
-    if cfg.preset not in PRESETS:
-        raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
-    for key, value in PRESETS[cfg.preset].get("report", {}).items():
-        setattr(cfg, key, value)
+    preset = "quick" if cfg.quick else cfg.preset
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    cfg = replace(cfg, preset=preset, **PRESETS[preset].get("report", {}))  # a copy: the caller's cfg is left as it was
     run_dir = os.path.join(cfg.runs_dir, cfg.name)
     if cfg.fresh and os.path.exists(run_dir):
         shutil.rmtree(run_dir)

@@ -16,7 +16,7 @@ Writes <out_dir>/tokenizer/ (trained first if absent), <out_dir>/pretrain/model.
 """
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -122,7 +122,8 @@ def random_windows(stream, batch_size, block_size, generator):
 
 def train(cfg):
     """Tokenizer (if absent) + base model. Returns (model, tokenizer, history)."""
-    rank, _, cfg.device = setup_distributed(cfg.device)  # (0, 1, device) unless run by torchrun
+    rank, _, device = setup_distributed(cfg.device)  # (0, 1, device) unless run by torchrun
+    cfg = replace(cfg, device=device)  # a copy: the caller's cfg is left as it was
     seed_everything(cfg.seed + rank)  # DDP copies rank 0's initial weights to the other ranks
     documents = corpus_documents(cfg)
     tok = get_tokenizer(cfg, documents) if rank == 0 else None

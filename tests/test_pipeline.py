@@ -24,8 +24,9 @@ RLAIF_STAGES = {"rlaif/feedback", "rlaif/preferences", "rlaif/reward", "rlaif/pp
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    result, text = pipeline.main(pipeline.PipelineConfig(quick=True, runs_dir=str(runs), name="q", device="cpu",
-                                                         rlaif=True))
+    cfg = pipeline.PipelineConfig(quick=True, runs_dir=str(runs), name="q", device="cpu", rlaif=True)
+    result, text = pipeline.main(cfg)
+    assert cfg.preset == "cpu" and cfg.eval_n == pipeline.PipelineConfig.eval_n  # main works on a copy
     return runs, result, text
 
 

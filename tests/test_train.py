@@ -1,5 +1,6 @@
 """Tiny end-to-end runs: pretrain -> SFT -> evaluate, the loss falls, resume == uninterrupted, the CLI."""
 
+import dataclasses
 import os
 
 import pytest
@@ -41,8 +42,10 @@ def test_pretrain_loss_falls_and_checkpoint_is_finished(base_run):
 def test_sft_then_evaluate(base_run):
     out, tok, _ = base_run
     cfg = sft.SFTConfig(out_dir=str(out), n_examples=200, batch_size=8, max_steps=25, warmup_steps=2,
-                        log_every=5, eval_every=0, eval_n=0, ckpt_every=0, device="cpu", quiet=True)
+                        log_every=5, eval_every=0, eval_n=0, ckpt_every=0, device="", quiet=True)
+    before = dataclasses.replace(cfg)
     model, tok, history = sft.train(cfg)
+    assert cfg == before  # train(cfg) works on a copy: device "" stays "" (the best available, chosen inside)
     losses = [h["loss"] for h in history if "loss" in h]
     assert losses[-1] < losses[0], losses
     assert all(h["ptx_loss"] > 0 for h in history if "loss" in h)  # the pretraining mix is on by default
