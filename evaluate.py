@@ -46,16 +46,21 @@ class Answer(NamedTuple):
 # Generating answers
 
 
+def prompt_ids(model, tok, messages, max_new_tokens):
+    """The token ids of a prompt that leave room for max_new_tokens in the model's window: a longer
+    prompt loses its start (data.render_prompt). Every stage that generates builds its prompts here."""
+    return render_prompt(tok, messages, model.config.block_size - max_new_tokens)
+
+
 def respond(model, tok, prompts, temperature=0.0, max_new_tokens=48, batch_size=64, generator=None):
     """Answer a list of conversations (message lists). Returns [Answer].
 
-    A prompt longer than block_size - max_new_tokens keeps only its last tokens (data.render_prompt).
+    A prompt longer than block_size - max_new_tokens keeps only its last tokens (prompt_ids).
     """
     device = next(model.parameters()).device
-    room = model.config.block_size - max_new_tokens
     answers = []
     for i in range(0, len(prompts), batch_size):
-        ids = [render_prompt(tok, messages, room) for messages in prompts[i:i + batch_size]]
+        ids = [prompt_ids(model, tok, messages, max_new_tokens) for messages in prompts[i:i + batch_size]]
         with autocast(device):
             gen = generate(model, ids, max_new_tokens, temperature=temperature, stop_id=tok.end_id,
                            pad_id=tok.pad_id, generator=generator)
@@ -198,10 +203,9 @@ def kl_to_reference(policy, ref, tok, prompts, max_new_tokens=48, batch_size=64,
     policy == ref; single samples can be negative. Both logprobs come from model.logprobs.
     """
     device = next(policy.parameters()).device
-    room = policy.config.block_size - max_new_tokens
     total = 0.0
     for i in range(0, len(prompts), batch_size):
-        ids = [render_prompt(tok, messages, room) for messages in prompts[i:i + batch_size]]
+        ids = [prompt_ids(policy, tok, messages, max_new_tokens) for messages in prompts[i:i + batch_size]]
         with autocast(device):
             gen = generate(policy, ids, max_new_tokens, temperature=temperature, stop_id=tok.end_id,
                            pad_id=tok.pad_id, generator=generator)

@@ -357,7 +357,7 @@ def train(cfg, reward_model=None):
             kl = all_reduce_sum(kl.detach().float()).item() / world_size  # one KL coefficient on every rank
             metrics = iteration_metrics(batch, non_score_rewards, returns, stats, kl, kl_ctl.value, lr, seconds_update)
             if cfg.adaptive_kl:
-                kl_ctl.update(kl, cfg.rollout_batch)  # [8]
+                kl_ctl.update(kl, cfg.rollout_batch * world_size)  # the answers of every rank [8]
             progress.log(it + 1, metrics, print_line=False)
             seconds = (time.time() - t_loop) / (it + 1 - start)
             say(f"ppo | iter {it + 1}/{cfg.iterations} | " + " | ".join(f"{k} {float(metrics[k]):.3g}" for k in (

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import tasks
-from data import decode_content, render_prompt
+from data import decode_content
+from evaluate import prompt_ids
 from generate import generate
 from model import autocast, load_policy, logprobs_from_logits
 from reward import RewardModel, load_reward_model
@@ -78,8 +79,7 @@ def rollout(policy, ref_policy, critic, rm, tok, examples, cfg, device, generato
     (B, N) (values None without a critic); scores (B,) (the RM's, or the penalty), rm_scores, gold,
     ended (B,); prompt_width P.
     """
-    room = policy.config.block_size - cfg.max_new_tokens  # a long prompt loses its start
-    prompts = [render_prompt(tok, ex.messages, room) for ex in examples]
+    prompts = [prompt_ids(policy, tok, ex.messages, cfg.max_new_tokens) for ex in examples]  # fits the window
     t0 = time.perf_counter()
     with autocast(device):
         gen = generate(policy, prompts, cfg.max_new_tokens, cfg.temperature, stop_id=tok.end_id,

@@ -109,3 +109,14 @@ def test_harm_rates_count_declines_and_over_refusals():
     assert rates == {"greedy/declined": pytest.approx(1 / 3), "greedy/over_refusal": pytest.approx(1 / 3)}
     assert evaluate.harm_rates(allowed[:2], [Answer("a", True, 1), Answer("b", True, 1)], "s") == {"s/over_refusal": 0.0}
     assert evaluate.harm_rates(forbidden[:1], [Answer(tasks.REFUSAL, False, 9)], "s") == {"s/declined": 0.0}  # never ended
+
+
+def test_prompt_ids_leave_room_for_the_answer():
+    tok = Tokenizer.train("add two and three, then five. " * 50, 300)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16))
+    long = [{"role": "user", "content": "add two and three, then five. " * 10}]
+    ids = evaluate.prompt_ids(model, tok, long, max_new_tokens=12)
+    full = evaluate.render_prompt(tok, long)
+    assert len(full) > 20 and ids == full[-20:]  # its last 32 - 12 tokens: the start is cut, <|assistant|> kept
+    short = [{"role": "user", "content": "add two"}]
+    assert evaluate.prompt_ids(model, tok, short, 12) == evaluate.render_prompt(tok, short)

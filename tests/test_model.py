@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from generate import filter_logits, generate, sample_from
-from model import (GPT, GPTConfig, IGNORE_INDEX, causal_mask, get_device, lm_loss, load_checkpoint, logprobs, save_checkpoint)
+from model import GPT, IGNORE_INDEX, GPTConfig, causal_mask, get_device, lm_loss, load_checkpoint, logprobs, save_checkpoint
 
 CFG = GPTConfig(vocab_size=50, block_size=64, n_layer=2, n_head=2, n_embd=32)
 
@@ -177,3 +177,15 @@ def test_sample_from_follows_the_distribution_and_never_picks_a_zero():
     assert torch.equal(draws, sample_from(probs, torch.Generator().manual_seed(0)))
     # a row whose cumulative sum rounds below 1 still gets a valid token
     assert sample_from(torch.tensor([[0.5, 0.4999]]), torch.Generator().manual_seed(1)).item() in (0, 1)
+
+
+class NotATensor:  # any pickled object: what a malicious or foreign checkpoint could hold
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+def test_a_checkpoint_holding_an_arbitrary_object_is_refused(tmp_path, model):
+    path = str(tmp_path / "model.pt")
+    torch.save({"model": model.state_dict(), "config": {}, "extra": NotATensor()}, path)
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl|global"):
+        load_checkpoint(path)

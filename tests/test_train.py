@@ -161,3 +161,40 @@ def test_every_command_line_prints_its_help(module_name, capsys):
     out = capsys.readouterr().out
     assert exit_info.value.code == 0 and out.startswith("usage:")
     assert all(f"--{f.name.replace('_', '-')}" in out for f in dataclasses.fields(configs[0]))
+
+
+def test_gradient_accumulation_over_uneven_micro_batches_equals_one_batch(tmp_path, monkeypatch):
+    """Two micro-batches with 3 and 9 supervised tokens make the same update as one batch of all 12:
+    the loss of a step is normalised by ALL its supervised tokens, not averaged per micro-batch
+    (a per-micro-batch mean would weigh each of the 3 tokens three times as much). With plain SGD,
+    lr 1, the update IS the gradient (AdamW's first step would hide a wrong scale)."""
+    import common
+    from model import GPT, GPTConfig, IGNORE_INDEX, lm_loss
+
+    monkeypatch.setattr(common, "make_optimizer", lambda model, lr, *a, **k: torch.optim.SGD(model.parameters(), lr=lr))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 50, (2, 9), generator=g)
+    targets = torch.randint(0, 50, (2, 9), generator=g)
+    targets[0, :6] = IGNORE_INDEX  # row 0: 3 supervised tokens; row 1: 9
+    rows = [{"input_ids": ids[i:i + 1], "targets": targets[i:i + 1], "n": (targets[i] != IGNORE_INDEX).sum(),
+             "n_tokens": 9} for i in range(2)]
+    whole = [{"input_ids": ids, "targets": targets, "n": (targets != IGNORE_INDEX).sum(), "n_tokens": 18}]
+
+    def loss_fn(model, batch):
+        logits, _ = model(batch["input_ids"])
+        return lm_loss(logits, batch["targets"], reduction="sum"), {}
+
+    cfg = dataclasses.replace(pretrain.PretrainConfig(), max_steps=1, lr=1.0, warmup_steps=0, min_lr_frac=1.0,
+                              grad_clip=0.0, log_every=1, eval_every=0, ckpt_every=0, device="cpu", quiet=True)
+    params, losses = [], []
+    for name, batches in (("accumulated", rows), ("whole", whole)):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16))
+        start = [p.detach().clone() for p in model.parameters()]
+        history = common.fit(model, cfg, lambda step: batches, loss_fn, str(tmp_path / name / "model.pt"))
+        params.append([p.detach() - s for p, s in zip(model.parameters(), start)])
+        losses.append(history[0]["loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)  # the logged loss: per supervised token of the step
+    for accumulated, whole_batch in zip(*params):
+        assert torch.allclose(accumulated, whole_batch, atol=1e-6)
+    assert any(d.abs().max() > 1e-4 for d in params[0])  # the step did move the weights
