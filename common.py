@@ -234,9 +234,11 @@ class TrainState:
 
     parts: {"model": the trained module (written with its config by model.save_checkpoint),
     other names: optimizers and modules, each saved as its state_dict under that name}. `step`
-    counts COMPLETED optimizer steps (PPO: iterations): the loop sets it after each one, so a
-    checkpoint written at any point resumes at the step that was about to run. `extra` (configs,
-    PPO's kl_coef) is written into every checkpoint; the loop may update it. Only rank 0 writes.
+    counts COMPLETED optimizer steps (PPO: iterations): the loop sets it right after each one, and
+    --resume starts at the step after it. Not covered yet: a Ctrl-C that lands after a step's update
+    but before the loop sets `step` (in PPO: during an iteration's epochs, which update the weights
+    several times) saves weights one step ahead of `step`. `extra` (configs, PPO's kl_coef) is
+    written into every checkpoint; the loop may update it. Only rank 0 writes.
     """
 
     def __init__(self, path, parts, extra=None, rank=0):
