@@ -65,15 +65,16 @@ def _parse_bool(text):
 
 
 def _field_docs(config_cls):
-    """{field name: the docstring written under it} read from the class source."""
-    try:
-        tree = ast.parse(inspect.getsource(config_cls))
-    except (OSError, TypeError):
-        return {}
-    docs, body = {}, tree.body[0].body
-    for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(after.value.value).split())
+    """{field name: the docstring written under it} read from the source of the class and its bases."""
+    docs = {}
+    for cls in reversed(config_cls.__mro__):  # a subclass's docstring wins
+        try:
+            body = ast.parse(inspect.getsource(cls)).body[0].body
+        except (OSError, TypeError):
+            continue
+        for node, after in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+                docs[node.target.id] = " ".join(str(after.value.value).split())
     return docs
 
 

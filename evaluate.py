@@ -12,6 +12,7 @@ same gold grader (tasks.grade), so their numbers can be set side by side:
   kl_to_reference  KL(policy || reference) per answer, on the policy's own samples
   score_responses  a reward model's scores of (prompt, response) pairs
   best_of_n        sample N answers, keep the reward model's favourite, grade it, for several N
+  wilson_interval, bootstrap_interval   95% intervals of a proportion, of a mean, of a paired difference
 
   sets = eval_sets(tasks.make_world(0), n=100)
   results = evaluate(model, tok, sets)                 # {"test/accuracy": ..., "test/gold": ..., ...}
@@ -25,6 +26,7 @@ decoding ("greedy/", "sampled/").
 from collections import defaultdict
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 import tasks
@@ -155,20 +157,20 @@ def evaluate(model, tok, sets, temperature=0.0, max_new_tokens=48, seed=0, answe
 
 
 def evaluate_policy(model, tok, sets, ref=None, rm=None, sample_temperature=0.7, max_new_tokens=48, seed=0,
-                    generator=None, kl_temperature=1.0):
+                    generator=None, kl_temperature=1.0, answers_out=None):
     """`evaluate` greedy and at sample_temperature (None: greedy only), plus what a policy is judged by.
 
     Returns "greedy/<key>" and "sampled/<key>" for every key of `evaluate`; "greedy/gold",
     "greedy/length", "greedy/ended" (and "sampled/...") averaged over the splits; with `ref`,
     "kl_to_ref" (kl_to_reference at kl_temperature on all the prompts, drawing from `generator`, else
     one seeded by `seed`); with `rm`, "rm_score" (its mean normalised score of the greedy answers).
+    answers_out: a dict that receives {"greedy": {split: [Answer]}, "sampled": {split: [Answer]}}.
     """
     decodings = {"greedy": 0.0} if sample_temperature is None else {"greedy": 0.0, "sampled": sample_temperature}
     splits = [split for split, examples in sets.items() if examples]
-    results, greedy_answers = {}, {}
+    results, answers = {}, {name: {} for name in decodings}
     for name, temperature in decodings.items():
-        scores = evaluate(model, tok, sets, temperature, max_new_tokens, seed,
-                          answers_out=greedy_answers if name == "greedy" else None)
+        scores = evaluate(model, tok, sets, temperature, max_new_tokens, seed, answers_out=answers[name])
         results.update({f"{name}/{k}": v for k, v in scores.items()})
         for key in ("gold", "length", "ended"):  # the mean over the splits
             results[f"{name}/{key}"] = sum(scores[f"{s}/{key}"] for s in splits) / len(splits)
@@ -179,14 +181,47 @@ def evaluate_policy(model, tok, sets, ref=None, rm=None, sample_temperature=0.7,
         results["kl_to_ref"] = kl_to_reference(model, ref, tok, prompts, max_new_tokens, generator=generator,
                                                temperature=kl_temperature)
     if rm is not None:
-        texts = [a.text for s in splits for a in greedy_answers[s]]
+        texts = [a.text for s in splits for a in answers["greedy"][s]]
         results["rm_score"] = score_responses(rm, tok, prompts, texts).mean().item()
+    if answers_out is not None:
+        answers_out.update(answers)
     return results
 
 
 def headline(results):
     """The accuracy per split, for a progress line."""
     return {k.replace("/accuracy", "_acc"): v for k, v in results.items() if k.endswith("/accuracy")}
+
+
+# -----------------------------------------------------------------------------
+# 95% intervals: how far a figure measured on a few hundred prompts can be trusted
+
+
+def wilson_interval(k, n, z=1.96):
+    """The Wilson score interval (lo, hi) of a proportion k / n (Wilson 1927): unlike p +- z * se, it
+    stays inside [0, 1] and is not empty at 0 or n successes."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * ((p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5) / (1 + z2 / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def bootstrap_interval(values, paired_with=None, n_boot=2000, seed=0):
+    """The 95% percentile-bootstrap interval (lo, hi) of mean(values), resampling the prompts (Efron 1979).
+
+    paired_with: a second model's values on the SAME prompts; then the interval is that of the mean
+    difference mean(values - paired_with), both models resampled with the same prompts (the paired
+    bootstrap), which removes the prompts' own difficulty from the comparison."""
+    values = np.asarray(values, dtype=float)
+    if paired_with is not None:
+        values = values - np.asarray(paired_with, dtype=float)
+    if len(values) == 0:
+        return (float("nan"), float("nan"))
+    idx = np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))
+    lo, hi = np.percentile(values[idx].mean(axis=1), [2.5, 97.5])
+    return (float(lo), float(hi))
 
 
 # -----------------------------------------------------------------------------

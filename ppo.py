@@ -217,6 +217,12 @@ class AdaptiveKLController:
         self.value *= 1 + error * n_answers / self.horizon
 
 
+def rollout_prompts(world, cfg, iteration, rank=0):
+    """The prompts of one iteration's rollouts: a fresh batch of the train split (never an evaluation
+    prompt), each rank its own."""
+    return tasks.make_examples(world, "train", cfg.rollout_batch, seed=cfg.seed * 1000 + iteration + 1_000_003 * rank)
+
+
 def rewards_and_advantages(batch, kl_coef, cfg):
     """Step 2 of an iteration: per-token rewards, GAE, whitening. Returns (advantages, returns,
     non_score_rewards), each (B, N). Whitening uses the moments of every process's rollouts. [8-10]"""
@@ -341,8 +347,7 @@ def train(cfg, reward_model=None):
 
             # 1. rollouts: a fresh batch of train-split prompts, one sampled answer each
             rank_seed = 1_000_003 * rank  # each rank its own prompts and samples (0: one process's)
-            examples = tasks.make_examples(world, "train", cfg.rollout_batch, seed=cfg.seed * 1000 + it + rank_seed)
-            batch = rollout(policy, ref_policy, critic, rm, tok, examples, cfg, device,
+            batch = rollout(policy, ref_policy, critic, rm, tok, rollout_prompts(world, cfg, it, rank), cfg, device,
                             torch.Generator(device=device).manual_seed(cfg.seed + it + rank_seed))
             # 2. rewards and advantages, once per batch
             advantages, returns, non_score_rewards = rewards_and_advantages(batch, kl_ctl.value, cfg)

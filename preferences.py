@@ -181,6 +181,13 @@ def load(out_dir):
     return tuple(load_preferences_jsonl(files[split]) for split in SPLITS)
 
 
+def prompt_sets(cfg, world):
+    """{"train": n_prompts examples, "heldout": n_heldout_prompts}: train-split prompts (SFT's items and
+    phrasings, so never an evaluation prompt) drawn with their own seeds, so not SFT's own prompts."""
+    return {"train": tasks.make_examples(world, "train", cfg.n_prompts, seed=cfg.seed + 1),
+            "heldout": tasks.make_examples(world, "train", cfg.n_heldout_prompts, seed=cfg.seed + 2)}
+
+
 def world_pairs(cfg, tok, judge=None):
     """The built-in world's (train, held-out) pairs: prompts of the train split that SFT never saw,
     answers sampled from the policy (or demonstrations, with --model-free), labelled by the simulated
@@ -190,8 +197,7 @@ def world_pairs(cfg, tok, judge=None):
     policy = None if cfg.model_free else load_policy(cfg.init or os.path.join(cfg.out_dir, "sft", "model.pt"), device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     splits = []
-    for name, n, seed in (("train", cfg.n_prompts, cfg.seed + 1), ("heldout", cfg.n_heldout_prompts, cfg.seed + 2)):
-        examples = tasks.make_examples(world, "train", n, seed=seed)  # train-split prompts, not SFT's
+    for (name, examples), seed in zip(prompt_sets(cfg, world).items(), (cfg.seed + 1, cfg.seed + 2)):
         if cfg.model_free:
             pairs = modelfree_preferences(examples, random.Random(seed))
             if judge is not None:

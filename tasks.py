@@ -452,7 +452,8 @@ FAMILIES = [
                       "Print {word} exactly {n} times."],
            lambda world, rng, d: (rng.choice(world.list_words), rng.randint(*REPEATS[d])),
            lambda world, item: " ".join([item[0]] * item[1]), lambda item: {"word": item[0], "n": item[1]},
-           lambda world, item, rng: " ".join([item[0]] * (item[1] + rng.choice([-1, 1])))),
+           lambda world, item, rng: " ".join([item[0]] * (item[1] + rng.choice([-1, 1]))),
+           heldout=True),  # zero-shot: no sibling is taught; only the corpus's "repeat" prose shows the skill
     _person_family("city", ["Where does {name} live?", "In which city does {name} live?",
                             "What city is {name}'s home?", "Which city is {name} from?",
                             "What is the city where {name} lives?", "Where is {name}'s home?",
@@ -476,6 +477,11 @@ FAMILIES = [
                     "Give the last item of {words}.", "Here is a list: {words}. What is its final word?"],
            _word_list, lambda world, item: item[-1], _list_slots, lambda world, item, rng: rng.choice(item[:-1]),
            heldout=True),  # zero-shot: only "first" is taught; "last" is only in the corpus prose
+    Family("smaller", ["Which is smaller, {a} or {b}?", "Which number is less: {a} or {b}?",
+                       "What is the smaller of {a} and {b}?", "Give the smaller number: {a}, {b}"],
+           lambda world, rng, d: tuple(rng.sample(_numbers(d), 2)), lambda world, item: str(min(item)), _pair_slots,
+           lambda world, item, rng: str(max(item)),
+           heldout=True),  # zero-shot: only "compare" (the larger) is taught; "X is smaller than Y" is corpus prose
 ]
 
 

@@ -17,7 +17,7 @@
 # (tiny models, about 10 seconds) and reads its report card.
 #
 # The quick models are too small to learn the tasks; they only show that every stage runs. The
-# real numbers come from `python pipeline.py` (about 17 minutes on 2 CPU cores): when
+# real numbers come from `python pipeline.py` (the README gives its time on 2 CPU cores): when
 # `runs/default/report.json` exists, the last cells read it instead.
 
 # %%
@@ -27,6 +27,7 @@ import os
 from IPython.display import Image, Markdown, display
 
 import pipeline
+import report as report_card
 
 os.chdir(os.path.dirname(os.path.abspath(pipeline.__file__)))  # the repository root: runs/ lives there
 
@@ -42,18 +43,15 @@ result, text = pipeline.main(cfg)
 
 # %% [markdown]
 # ## The report card
-# One row per model, the same prompts for all. `gold` is the grader's score: 1 for a concise
-# right answer, 0.5-0.75 for a wordy one, 0 for a wrong one, -1 for an answer that never ends.
+# One row per model, the same prompts for all, every figure with its 95% interval (`report.tables`
+# writes the same tables as `report.md`). `gold` is the grader's score: 1 for a concise right answer,
+# 0.5-0.75 for a wordy one, 0 for a wrong one, -1 for an answer that never ends. The second table is
+# each model's difference to SFT on the same prompts; `*` marks the differences whose interval
+# excludes 0. `heldout_task` asks for tasks SFT never taught: zero-shot.
 
 # %%
-def card(report):
-    rows = ["| model | test | heldout_phrasing | heldout_people | gold (greedy) | gold (sampled) | KL to SFT |",
-            "|---|---|---|---|---|---|---|"]
-    for name, m in report["models"].items():
-        acc = [f"{100 * m['accuracy'][s]:.0f}%" for s in ("test", "heldout_phrasing", "heldout_people")]
-        greedy = "—" if m["gold_greedy"] is None else f"{m['gold_greedy']:.3f}"
-        rows.append(f"| {name} | " + " | ".join(acc) + f" | {greedy} | {m['gold_sampled']:.3f} | {m['kl_to_sft']:.2f} |")
-    return Markdown("\n".join(rows))
+def card(result):
+    return Markdown("\n".join(report_card.tables(result)))
 
 display(card(result))
 

@@ -112,9 +112,12 @@ if os.path.exists(report_path):
     names = [m for m in ("sft", "ppo", "dpo") if m in models]
     fig, axes = plt.subplots(1, 3, figsize=(10, 3))
     for ax, key, title in zip(axes, ("gold_greedy", "gold_sampled", "kl_to_sft"),
-                              ("gold, greedy", "gold, sampled (T=0.7)", "KL to SFT, nats/answer")):
-        ax.bar(names, [models[m][key] for m in names]); ax.set_title(title)
+                              ("gold, greedy", "gold, sampled (T=0.7)", "KL to SFT at T=0.7, nats/answer")):
+        ax.bar(names, [models[m][key]["T=0.7"] if key == "kl_to_sft" else models[m][key] for m in names])
+        ax.set_title(title)
     plt.tight_layout(); plt.show()
     for m in names:
-        print(f"{m:4} gold greedy {models[m]['gold_greedy']:.3f}  sampled {models[m]['gold_sampled']:.3f}  "
-              f"KL {models[m]['kl_to_sft']:.2f}")
+        row = models[m]
+        print(f"{m:4} gold greedy {row['gold_greedy']:.3f} {row['interval']['gold_greedy']}  sampled "
+              f"{row['gold_sampled']:.3f}  KL at T=0.7 {row['kl_to_sft']['T=0.7']:.2f}"
+              + (f"  gold greedy - SFT's {row['vs_sft']['greedy/gold']}" if m != "sft" else ""))

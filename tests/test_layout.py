@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FOUNDATION = ["model", "generate", "gpt2", "tokenizer", "data", "formats", "tasks", "common", "evaluate",
               "preferences"]
 STAGES = ["pretrain", "sft", "reward", "rollout", "ppo", "dpo", "judge", "rlaif"]
-TOP = ["pipeline", "chat", "bench"]
+TOP = ["report", "pipeline", "chat", "bench"]
 
 
 def project_imports(name):

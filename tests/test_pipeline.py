@@ -14,9 +14,9 @@ import reward
 import rlaif
 import sft
 
-SPLITS = {"test", "heldout_phrasing", "heldout_people"}
+SPLITS = {"test", "heldout_phrasing", "heldout_people", "heldout_task"}
 ROW_KEYS = {"accuracy", "gold_greedy", "gold_sampled", "kl_to_sft", "mean_length", "ended", "rm_score",
-            "declined", "over_refusal"}
+            "declined", "over_refusal", "interval"}
 MODELS = {"base", "sft", "bon16", "ppo", "dpo", "rlaif_ppo", "rlaif_dpo", "cai_sl", "cai_ppo"}
 RLAIF_STAGES = {"rlaif/feedback", "rlaif/preferences", "rlaif/reward", "rlaif/ppo", "rlaif/dpo", "cai/sft", "cai/ppo"}
 
@@ -39,9 +39,20 @@ def test_report_json_has_the_documented_shape(quick_run):
         assert ROW_KEYS <= set(row), name
         assert set(row["accuracy"]) == SPLITS
         assert all(0.0 <= v <= 1.0 for v in row["accuracy"].values())
+        for split, p in row["accuracy"].items():  # every accuracy inside its interval
+            lo, hi = row["interval"][f"accuracy/{split}"]
+            assert 0.0 <= lo <= p <= hi <= 1.0, (name, split)
+        if row["gold_greedy"] is not None:
+            lo, hi = row["interval"]["gold_greedy"]
+            assert -1.0 <= lo <= row["gold_greedy"] <= hi <= 1.0, name
+        assert set(row["kl_to_sft"]) == {"T=0.7", "T=1.0"}
+        assert ("vs_sft" in row) == (name != "sft")  # every model's paired difference to SFT
         assert 0.0 <= row["ended"] <= 1.0
         assert all(0.0 <= row[k]["sampled"] <= 1.0 for k in ("declined", "over_refusal"))
     assert report["models"]["bon16"]["gold_greedy"] is None  # best-of-N only samples
+    assert set(report["models"]["bon16"]["vs_sft"]) == {"sampled/gold"} | {f"sampled/accuracy/{s}" for s in SPLITS}
+    ppo_vs = report["models"]["ppo"]["vs_sft"]["greedy/gold"]
+    assert ppo_vs["diff"] == pytest.approx(report["models"]["ppo"]["gold_greedy"] - report["models"]["sft"]["gold_greedy"])
     assert set(report["stage_seconds"]) == {"tokenizer", "pretrain", "sft", "preferences", "reward", "ppo", "dpo",
                                             "eval"} | RLAIF_STAGES
     for folder in ("rlaif/feedback", "rlaif/reward", "rlaif/ppo", "rlaif/dpo", "cai/sft", "cai/ppo"):
@@ -54,6 +65,17 @@ def test_report_json_has_the_documented_shape(quick_run):
     assert "| sft |" in text and "| dpo |" in text
     for plot in report["plots"]:
         assert (runs / "q" / "plots" / plot).stat().st_size > 0
+
+
+def test_two_fresh_runs_write_the_same_report(quick_run, tmp_path):
+    """Same preset, same seeds: the same report.json, times apart (the figures a reader sees reproduce)."""
+    runs, _, _ = quick_run
+    pipeline.main(pipeline.PipelineConfig(quick=True, runs_dir=str(tmp_path), name="q", device="cpu", rlaif=True))
+    first, second = (json.loads((folder / "q" / "report.json").read_text()) for folder in (runs, tmp_path))
+    for report in (first, second):
+        report.pop("stage_seconds")
+        report["config"].pop("runs_dir")
+    assert first == second
 
 
 def test_a_second_run_skips_finished_stages(quick_run, monkeypatch, tmp_path):
