@@ -76,10 +76,10 @@ plt.title("PPO clipped loss, eps = 0.2"); plt.show()
 # %% [markdown]
 # ## The KL leash and over-optimisation
 # The default PPO run (from `python pipeline.py`) keeps a KL penalty of 0.1. Here the same PPO
-# runs without it and with a larger step. On the default run (20 iterations), the rollouts' RM score
-# rose a little (-0.00 -> +0.05) while their gold score fell (0.66 -> 0.58) and the KL to SFT grew
-# (1.8 -> 5.6 nats): the policy walks away from the SFT model for a reward that is not the goal. Without a real run, a quick
-# run with tiny models stands in (its curves mean nothing).
+# runs without it and with a larger step; the cell prints the rollouts' RM score, gold score and KL
+# to SFT at its first and last iterations. Watch for the RM score rising while the gold score does
+# not follow and the KL grows: the policy walking away from the SFT model for a reward that is not
+# the goal. Without a real run, a quick run with tiny models stands in (its curves mean nothing).
 
 # %%
 runs = os.environ.get("NANOINSTRUCT_RUNS", "runs")

@@ -113,10 +113,9 @@ judge = rlaif.load_judge(cfg, "cpu")
 
 # %% [markdown]
 # ## The judge at work, both orders
-# What the judge writes, with the right answer shown as A and then as B. On the default run it
-# writes the right answer after "Answer:" most of the time, but its verdict stays the same when the
-# answers swap places: a 1M-parameter model did not learn to *compare* in 500 steps (its two
-# written verdicts agreed on 25% of held-out pairs; 21% of the pairs labelled right). So the
+# What the judge writes, with the right answer shown as A and then as B. Look at whether its
+# written verdict changes when the answers swap places: a 1M-parameter model trained for 500 steps
+# mostly writes the same verdict in both orders, it did not learn to *compare*. So the
 # default judge reads its verdict off its
 # probabilities instead, as RLAIF reads P("1") and P("2"): the answer it finds more likely after
 # "Answer:", both orders added up so that a favoured position cancels out.
