@@ -25,6 +25,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 
@@ -235,11 +237,11 @@ class TrainState:
 
     parts: {"model": the trained module (written with its config by model.save_checkpoint),
     other names: optimizers and modules, each saved as its state_dict under that name}. `step`
-    counts COMPLETED optimizer steps (PPO: iterations): the loop sets it right after each one, and
-    --resume starts at the step after it. Not covered yet: a Ctrl-C that lands after a step's update
-    but before the loop sets `step` (in PPO: during an iteration's epochs, which update the weights
-    several times) saves weights one step ahead of `step`. `extra` (configs, PPO's kl_coef) is
-    written into every checkpoint; the loop may update it. Only rank 0 writes.
+    counts COMPLETED optimizer steps (PPO: iterations): the loop updates the weights and sets `step`
+    inside `one_step()`, which holds a Ctrl-C back until both are done, so a checkpoint never holds
+    weights a step ahead of its `step` (in PPO an iteration's epochs update the weights many times).
+    --resume starts at the step after it. `extra` (configs, PPO's kl_coef) is written into every
+    checkpoint; the loop may update it. Only rank 0 writes.
     """
 
     def __init__(self, path, parts, extra=None, rank=0):
@@ -266,6 +268,23 @@ class TrainState:
         states = {name: part.state_dict() for name, part in self.parts.items() if name != "model"}
         save_checkpoint(self.path, self.parts["model"],
                         {"step": self.step, "finished": finished, **states, **self.extra, **more})
+
+    @contextmanager
+    def one_step(self):
+        """Run the block (a step's updates and `self.step = ...`) whole: a Ctrl-C (SIGINT) that arrives
+        inside it is raised when it ends. Only the main thread can install a signal handler; elsewhere
+        (a notebook's worker thread) the block runs unguarded."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        pending = []
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if pending:
+            raise KeyboardInterrupt
 
     @contextmanager
     def saved_on_interrupt(self):
@@ -348,8 +367,9 @@ def fit(model, cfg, next_batch, loss_fn, ckpt_path, evaluate=None, extra=None, n
                 tokens_seen += int(mb["n_tokens"])
             if cfg.grad_clip > 0:
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            state.step = step + 1
+            with state.one_step():  # a Ctrl-C here waits: the weights and the step count move together
+                optimizer.step()
+                state.step = step + 1
             optimizer.zero_grad(set_to_none=True)
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
                 now = time.time()

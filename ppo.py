@@ -7,9 +7,12 @@ answer to each prompt, score it with the learned reward model, and improve the p
 built-in world shows what the reward model cannot: the gold score of every rollout.
 
   python ppo.py                                  # against <out_dir>/reward/model.pt
-  python ppo.py --critic-init sft                # OAI's critic: SFT trunk, zero value head
+  python ppo.py --critic-init reward             # N+'s critic: a copy of a head-only reward model
   python ppo.py --adaptive-kl true               # OAI's adaptive KL controller (target kl_target)
   python ppo.py --kl-coef 0 --lr 2e-4            # no leash: over-optimisation, on purpose
+  python ppo.py --reward sft_logprob --out-dir runs/nopref --sft-path runs/default/sft/model.pt
+                                                 # optimise SFT's own likelihood: no preferences at all
+                                                 # (runs/nopref/ needs a copy of runs/default/tokenizer/)
 
 Reads <out_dir>/tokenizer/, sft/model.pt and reward/model.pt (normalised to mean 0, std 1 on SFT
 samples). Writes <out_dir>/ppo/model.pt (the policy), metrics.jsonl (one record per iteration) and eval.json.
@@ -22,12 +25,13 @@ as every stage (N+, CleanRL: 1e-5); a cosine learning-rate decay (OAI: linear to
 
 # The details, numbered; [n] in the code marks where each is implemented (1-7: in rollout.py):
 #  1. Policy and frozen reference both start from SFT, dropout off (model.load_policy).
-#  2. The critic is a RewardModel read at every token, from the reward model (N+; default) or from
-#     SFT with a zero head (OAI): --critic-init.
+#  2. The critic is a RewardModel read at every token, from SFT with a zero head (OAI; default: every
+#     value starts at 0) or from a head-only reward model (N+): --critic-init.
 #  3. Rollouts sampled at one fixed temperature with plain softmax: no top-k, no top-p (OAI).
 #  4. Logprobs recomputed by a forward pass with logits / the same temperature (OAI; N blog "Policy #1").
 #  5. Truncation at end-of-turn: generate stops a row at <|end|> and pads the rest; pads are masked.
-#  6. The EOS trick: an answer without <|end|> scores missing_eos_penalty, not the RM (OAI, N+, TRL).
+#  6. The EOS trick: an answer without <|end|> scores missing_eos_penalty, not the RM (OAI, N+, TRL);
+#     ended answers score at least missing_eos_penalty + 1 (ours: the RM's scores have no floor).
 #  7. The score is added on the last real response token, never on a pad (TRL #3750 was this bug).
 #  8. Per-token KL penalty r_t = -kl_coef * (log pi - log pi_ref); fixed or adaptive kl_coef (OAI).
 #  9. GAE with gamma 1, lambda 0.95, over response tokens only (Schulman et al. 2015).
@@ -72,8 +76,12 @@ class PPOConfig:
     """policy and reference start here (default: <out_dir>/sft/model.pt)"""
     reward_path: str = ""
     """the reward model to optimise (default: <out_dir>/reward/model.pt)"""
-    critic_init: str = "reward"
-    """critic from the 'reward' model (N+) or from 'sft' with a zero value head (OAI)"""
+    reward: str = "model"
+    """'model': the learned reward model; 'sft_logprob': the SFT model's own log-likelihood of the answer,
+    the best score that needs no preferences (rollout.likelihood_reward), to see what the comparisons add"""
+    critic_init: str = "sft"
+    """critic from 'sft' with a zero value head (OAI: every value starts at 0), or from the 'reward'
+    model (N+; only for a reward model without the likelihood term, whose head alone is its score)"""
     world_seed: int = 0
     """seed of the built-in world (rollout prompts: train split; evaluation: held-out splits)"""
     iterations: int = 30
@@ -89,8 +97,9 @@ class PPOConfig:
     temperature: float = 0.7
     """rollout temperature; every logprob divides the logits by it (0.7: closer to greedy than 1.0, and
     the SFT model's samples are better)"""
-    missing_eos_penalty: float = -1.0
-    """score of an answer that never produced <|end|> (the RM scores have mean 0, std 1)"""
+    missing_eos_penalty: float = -5.0
+    """score of an answer that never produced <|end|>; an ended answer's score is clipped from below at
+    missing_eos_penalty + 1, so ending always pays (the RM scores have mean 0, std 1 on SFT samples)"""
     kl_coef: float = 0.1
     """beta of the per-token KL penalty (the start value with --adaptive-kl)"""
     adaptive_kl: bool = False
@@ -271,7 +280,8 @@ def ppo_epochs(policy, critic, optimizers, batch, advantages, returns, cfg, devi
 def iteration_metrics(batch, non_score_rewards, returns, stats, kl, kl_coef, lr, seconds_update):
     """Step 4: the record logged for one iteration. [17]"""
     response_mask, ended = batch["response_mask"], batch["ended"]
-    metrics = {"score": batch["scores"].mean(), "gold": batch["gold"].mean(),  # the truth, for us only
+    metrics = {"score": batch["scores"].mean(), "score_std": batch["scores"].std(),  # about 0 and 1 at first
+               "gold": batch["gold"].mean(),  # the truth, for us only
                "rm_score": batch["rm_scores"][ended].mean() if ended.any() else math.nan,  # ended ones
                "kl": kl, "non_score_reward": non_score_rewards.sum(1).mean(), "kl_coef": kl_coef,
                "length": response_mask.sum(1).mean(), "ended": ended.float().mean(), "lr": lr,
@@ -318,7 +328,7 @@ def train(cfg, reward_model=None):
     seed_everything(cfg.seed)  # the same on every rank: the critic's fresh head starts equal everywhere
     say = (lambda *a: None) if cfg.quiet or rank != 0 else functools.partial(print, flush=True)
     tok = Tokenizer.load(os.path.join(cfg.out_dir, "tokenizer"))
-    policy, ref_policy, critic, rm = load_models(cfg, device, reward_model, say)
+    policy, ref_policy, critic, rm = load_models(cfg, device, reward_model, say, tok)
     optimizers = (make_optimizer(policy, cfg.lr, weight_decay=0.0, device=device),
                   make_optimizer(critic, cfg.lr, weight_decay=0.0, device=device))
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
@@ -351,25 +361,28 @@ def train(cfg, reward_model=None):
                             torch.Generator(device=device).manual_seed(cfg.seed + it + rank_seed))
             # 2. rewards and advantages, once per batch
             advantages, returns, non_score_rewards = rewards_and_advantages(batch, kl_ctl.value, cfg)
-            # 3. ppo_epochs passes over shuffled minibatches [14]
-            t_update = time.perf_counter()
-            stats = ppo_epochs(policy, critic, optimizers, batch, advantages, returns, cfg, device,
-                               torch.Generator().manual_seed(cfg.seed + it))
-            seconds_update = time.perf_counter() - t_update
-
-            # 4. log, and the KL controller [17, 8]
-            kl = ((batch["logprobs"] - batch["ref_logprobs"]) * batch["response_mask"]).sum(1).mean()  # nats/answer
-            kl = all_reduce_sum(kl.detach().float()).item() / world_size  # one KL coefficient on every rank
-            metrics = iteration_metrics(batch, non_score_rewards, returns, stats, kl, kl_ctl.value, lr, seconds_update)
-            if cfg.adaptive_kl:
-                kl_ctl.update(kl, cfg.rollout_batch * world_size)  # the answers of every rank [8]
-            progress.log(it + 1, metrics, print_line=False)
+            # 3-4. the update, its log and the KL controller, as one whole: a Ctrl-C during them waits
+            # for the iteration's end, so a checkpoint's weights, kl_coef and log belong to its `step`
+            with state.one_step():
+                # 3. ppo_epochs passes over shuffled minibatches [14]
+                t_update = time.perf_counter()
+                stats = ppo_epochs(policy, critic, optimizers, batch, advantages, returns, cfg, device,
+                                   torch.Generator().manual_seed(cfg.seed + it))
+                seconds_update = time.perf_counter() - t_update
+                # 4. log, and the KL controller [17, 8]
+                kl = ((batch["logprobs"] - batch["ref_logprobs"]) * batch["response_mask"]).sum(1).mean()  # nats/answer
+                kl = all_reduce_sum(kl.detach().float()).item() / world_size  # one KL coefficient on every rank
+                metrics = iteration_metrics(batch, non_score_rewards, returns, stats, kl, kl_ctl.value, lr,
+                                            seconds_update)
+                if cfg.adaptive_kl:
+                    kl_ctl.update(kl, cfg.rollout_batch * world_size)  # the answers of every rank [8]
+                progress.log(it + 1, metrics, print_line=False)
+                state.step, state.extra["kl_coef"] = it + 1, kl_ctl.value  # the iteration is complete
             seconds = (time.time() - t_loop) / (it + 1 - start)
             say(f"ppo | iter {it + 1}/{cfg.iterations} | " + " | ".join(f"{k} {float(metrics[k]):.3g}" for k in (
                 "score", "gold", "kl", "ended", "length", "clipfrac", "approx_kl", "entropy"))
                 + f" | {seconds:.1f}s/it | eta {format_seconds(seconds * (cfg.iterations - it - 1))}")
             # 5. checkpoint: the state after this completed iteration
-            state.step, state.extra["kl_coef"] = it + 1, kl_ctl.value
             if cfg.ckpt_every and (it + 1) % cfg.ckpt_every == 0:
                 state.save()
 

@@ -30,9 +30,10 @@ import torch
 
 import tasks
 from common import cli, seed_everything
-from evaluate import respond
+from data import encode_content, pad_rows, render_response
+from evaluate import respond, score_responses
 from formats import load_preferences_jsonl, write_preferences_jsonl
-from model import get_device, load_policy
+from model import get_device, load_policy, logprobs
 from tokenizer import Tokenizer
 
 SPLITS = ("train", "heldout")
@@ -52,7 +53,7 @@ class PreferenceConfig:
     """seed of the built-in world"""
     n_prompts: int = 4000
     """train prompts to sample answers for"""
-    n_heldout_prompts: int = 300
+    n_heldout_prompts: int = 600
     """other train-split prompts whose pairs are held out for the reward model's accuracy"""
     samples_per_prompt: int = 4
     """answers sampled per prompt (K); every pair of distinct answers is compared, as InstructGPT"""
@@ -153,6 +154,57 @@ def label_agreement(pairs):
 
 
 # -----------------------------------------------------------------------------
+# Ranking the pairs against the gold rule, and what ranks them with no training
+
+
+def gold_agreement(diff, pairs):
+    """How often score differences diff (N,) (chosen minus rejected) order the pairs as the gold rule does,
+    over the pairs the rule ranks; a tie counts half (a coin flip). {"gold_accuracy", "gold_accuracy/<family>"}."""
+    gold = torch.tensor([p["gold_chosen"] - p["gold_rejected"] for p in pairs], dtype=torch.float)
+    agree = torch.where(diff == 0, 0.5, (diff * gold > 0).float())
+    ranked = gold != 0
+    results = {"gold_accuracy": agree[ranked].mean().item()}  # nan when the rule ranks no pair
+    for family in sorted({p["family"] for p in pairs}):
+        in_family = ranked & torch.tensor([p["family"] == family for p in pairs])
+        if in_family.any():
+            results[f"gold_accuracy/{family}"] = agree[in_family].mean().item()
+    return results
+
+
+@torch.no_grad()
+def logprob_differences(policy, tok, pairs, batch_size=128):
+    """log p(chosen + <|end|> | prompt) - log p(rejected + <|end|> | prompt) under the SFT model, (N,)."""
+    device = next(policy.parameters()).device
+    rows, n_response = [], []
+    for p in pairs:
+        for text in (p["chosen"], p["rejected"]):
+            rows.append(render_response(tok, p["prompt"], text, policy.config.block_size))
+            n_response.append(len(encode_content(tok, text)) + 1)  # the answer's tokens and its <|end|>
+    sums = []
+    for i in range(0, len(rows), batch_size):
+        ids, mask = pad_rows(rows[i:i + batch_size], tok.pad_id)
+        token_logprobs = logprobs(policy, ids.to(device), mask.to(device)).float().cpu()  # (B, T-1)
+        for b, row in enumerate(rows[i:i + batch_size]):  # the last n_response targets of the row
+            sums.append(token_logprobs[b, len(row) - 1 - n_response[i + b]:len(row) - 1].sum().item())
+    return torch.tensor(sums[0::2]) - torch.tensor(sums[1::2])
+
+
+def baselines(policy, tok, pairs, rm_at_init=None):
+    """What ranks the pairs with no training on them, on the same pairs, against the gold rule:
+    "sft_logprob" (the SFT model's own likelihood of each answer), "shorter" (the shorter answer in
+    tokens wins) and "rm_init" (the reward model before training). A reward model that learned from
+    the comparisons beats all three. {"baseline/<name>/gold_accuracy[/<family>]"}."""
+    lengths = [(len(encode_content(tok, p["chosen"])), len(encode_content(tok, p["rejected"]))) for p in pairs]
+    diffs = {"sft_logprob": logprob_differences(policy, tok, pairs),
+             "shorter": torch.tensor([float(r - c) for c, r in lengths])}
+    if rm_at_init is not None:
+        scores = score_responses(rm_at_init, tok, [q["prompt"] for q in pairs] * 2,
+                                 [q["chosen"] for q in pairs] + [q["rejected"] for q in pairs])
+        diffs["rm_init"] = scores[:len(pairs)] - scores[len(pairs):]
+    return {f"baseline/{name}/{k}": v for name, diff in diffs.items() for k, v in gold_agreement(diff, pairs).items()}
+
+
+# -----------------------------------------------------------------------------
 # The stage
 
 
@@ -183,9 +235,18 @@ def load(out_dir):
 
 def prompt_sets(cfg, world):
     """{"train": n_prompts examples, "heldout": n_heldout_prompts}: train-split prompts (SFT's items and
-    phrasings, so never an evaluation prompt) drawn with their own seeds, so not SFT's own prompts."""
-    return {"train": tasks.make_examples(world, "train", cfg.n_prompts, seed=cfg.seed + 1),
-            "heldout": tasks.make_examples(world, "train", cfg.n_heldout_prompts, seed=cfg.seed + 2)}
+    phrasings, so never an evaluation prompt) drawn with their own seeds, so not SFT's own prompts.
+
+    No train prompt asks about a (family, item) of a held-out one: the reward model's held-out
+    accuracy is measured on questions it never saw an answer to, not on memorised items."""
+    heldout = tasks.make_examples(world, "train", cfg.n_heldout_prompts, seed=cfg.seed + 2)
+    seen = {(ex.family, ex.item) for ex in heldout}
+    train, draw = [], 0
+    while len(train) < cfg.n_prompts:  # draw again (another seed) until n_prompts are left after the filter
+        more = tasks.make_examples(world, "train", cfg.n_prompts, seed=cfg.seed + 1 + 1000 * draw)
+        train += [ex for ex in more if (ex.family, ex.item) not in seen][:cfg.n_prompts - len(train)]
+        draw += 1
+    return {"train": train, "heldout": heldout}
 
 
 def world_pairs(cfg, tok, judge=None):

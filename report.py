@@ -51,10 +51,10 @@ class ReportConfig:
     runs_dir: str = "runs"
     """folder of all runs"""
     eval_n: int = 200
-    """prompts per split. Measured on a default run, the per-prompt difference of two models' gold
-    scores has a standard deviation of 0.37-0.38 greedy and 0.50 sampled, so over the 3 * 200 prompts
-    of the gold score the paired standard error is 0.016 (greedy) and 0.020 (sampled): the 95%
-    interval of a difference is +-0.03 and +-0.04, and a 5-point difference in gold excludes 0."""
+    """prompts per split. On the default run, the paired standard error of PPO's and DPO's gold minus
+    SFT's, over the 3 * 200 prompts of the gold score, is 0.013-0.014 greedy and 0.017-0.018 sampled
+    (per-prompt sd 0.33, 0.43): a difference's 95% interval is +-0.027 and +-0.036, so a 5-point
+    difference in gold excludes 0, greedy and sampled (with 100 per split: +-0.038 and +-0.051)."""
     harm_n: int = 100
     """forbidden requests, and allowed ones, of the declined / over-refusal columns"""
     sample_temperature: float = 0.7
@@ -238,6 +238,8 @@ def report(cfg, run_dir, stage_seconds):
     plots = os.path.join(run_dir, "plots")  # pipeline.make_plots draws them
     result = {"models": rows, "stage_seconds": stage_seconds, "config": asdict(cfg), "commit": commit(),
               "transcripts": shown, "plots": sorted(os.listdir(plots)) if os.path.isdir(plots) else []}
+    result["reward"] = {k: v for k, v in json.load(open(os.path.join(run_dir, "reward", "eval.json"))).items()
+                        if not k.startswith("time")}  # the reward model's figures; its times are in stage_seconds
     if cfg.rlaif:
         result["judge"] = json.load(open(os.path.join(run_dir, "rlaif", "feedback", "eval.json")))
         ai = json.load(open(os.path.join(run_dir, "rlaif", "reward", "eval.json")))
@@ -293,7 +295,8 @@ def tables(report):
               "declined | over-refusal | stage time |", "|" + "---|" * (7 + len(kl_keys))]
     for name, row in rows.items():
         seconds = report["stage_seconds"].get(STAGE_OF[name])
-        harm = [f"{_pct(row[k]['greedy'])} / {_pct(row[k]['sampled'])}" for k in ("declined", "over_refusal")]
+        harm = [" / ".join(_pct(row[k][m], row["interval"].get(f"{k}/{m}")) for m in ("greedy", "sampled"))
+                for k in ("declined", "over_refusal")]
         kl = " | ".join(_num(row["kl_to_sft"].get(k)) for k in kl_keys)
         lines.append(f"| {name} | {kl} | {row['mean_length']:.1f} | {_pct(row['ended'])} | "
                      f"{_num(row['rm_score'])} | {harm[0]} | {harm[1]} | "
@@ -324,6 +327,9 @@ def report_markdown(report):
                   f"{100 * j['agreement']:.1f}% agree. Labels of the pairs RLAIF trained on: "
                   f"{100 * report['rlaif_labels']['train']:.1f}% agree with gold (the simulated human's, for RLHF: "
                   f"{100 * report['rlaif_labels']['human_train']:.1f}%).", ""]
+    if report.get("reward"):  # the reward model against the gold rule, on its held-out pairs
+        lines += ["## The reward model: held-out pairs ordered as the gold rule orders them", ""]
+        lines += reward.agreement_table(report["reward"]) + [""]
     lines += ["## The same prompts, every model", ""]
     for item in report["transcripts"]:
         lines.append(f"**[{item['split']}/{item['family']}]** {item['prompt']}  (answer: `{item['answer']}`)")
@@ -344,7 +350,7 @@ def readme_block(report):
     c, total = report["config"], sum(report["stage_seconds"].values())
     source = (f"Written by `python report.py --readme README.md` from `{c['runs_dir']}/{c['name']}/report.json`: "
               f"`python pipeline.py` with the {c.get('preset')} preset (every stage at its default seed, evaluation "
-              f"seed {c['seed']}), code at commit `{report.get('commit')}`, {format_seconds(total)} of stages.")
+              f"seed {c['seed']}), code at commit `{report.get('commit')}`, {format_seconds(total)} for every stage and the report.")
     return "\n".join([README_START, source, ""] + tables(report) + [README_END])
 
 
@@ -358,10 +364,6 @@ def update_readme(path, report):
     with open(path, "w", encoding="utf-8") as f:
         f.write(before + block + rest.split(README_END, 1)[1])
     return block
-
-
-# -----------------------------------------------------------------------------
-# Files
 
 
 def write_report(run_dir, result):
@@ -382,12 +384,8 @@ def main(cfg):
             block = update_readme(cfg.readme, json.load(f))
         print(block)
         return block
-    stage_seconds = {}
-    for stage in STAGES + tuple(rlaif.STAGE_DIRS.values()):  # the times the pipeline wrote
-        done = os.path.join(run_dir, stage, "done.json")
-        if os.path.exists(done):
-            with open(done) as f:
-                stage_seconds[stage] = json.load(f)["seconds"]
+    done = {stage: os.path.join(run_dir, stage, "done.json") for stage in STAGES + tuple(rlaif.STAGE_DIRS.values())}
+    stage_seconds = {stage: json.load(open(path))["seconds"] for stage, path in done.items() if os.path.exists(path)}
     t0 = time.time()
     result = report(cfg, run_dir, stage_seconds)
     result["stage_seconds"]["eval"] = time.time() - t0

@@ -43,9 +43,9 @@ import torch.nn.functional as F
 import preferences
 import tasks
 from common import cleanup_distributed, cli, fit, rank0_first, seed_everything, setup_distributed
-from data import encode_content, pad_rows, render_response
+from data import pad_rows, render_response
 from evaluate import best_of_n, respond, score_responses
-from model import GPT, GPTConfig, load_policy, load_state, logprobs, logprobs_from_logits, save_checkpoint
+from model import GPT, GPTConfig, load_policy, load_state, logprobs_from_logits, save_checkpoint
 from tokenizer import Tokenizer
 
 
@@ -84,7 +84,10 @@ class RewardConfig:
     grad_clip: float = 1.0
     """clip the gradient norm to this (0 = off)"""
     sample_temperature: float = 1.0
-    """temperature of the SFT samples for the normalisation and best-of-N"""
+    """temperature of the SFT samples for best-of-N"""
+    norm_temperature: float = 0.7
+    """temperature of the SFT samples that set the normalisation: PPO's rollout temperature, so that
+    its rollouts score mean 0, std 1 at the start"""
     max_new_tokens: int = 48
     """longest sampled answer"""
     n_norm: int = 256
@@ -218,48 +221,35 @@ def load_reward_model(path, device="cpu"):
 # How well it learned: held-out pairs against the labels and the gold rule
 
 
-def evaluate_reward(rm, tok, pairs):
-    """Accuracy against the labels, accuracy against the gold rule (pairs it ranks), margin, spread."""
+def score_differences(rm, tok, pairs):
+    """rm's score of each pair's chosen answer minus its rejected one's, (N,)."""
     n = len(pairs)
     scores = score_responses(rm, tok, [p["prompt"] for p in pairs] * 2, [p["chosen"] for p in pairs] +
                              [p["rejected"] for p in pairs])
-    chosen, rejected = scores[:n], scores[n:]
-    results = {"accuracy": (chosen > rejected).float().mean().item(),
-               "margin": (chosen - rejected).mean().item(),
+    return scores[:n] - scores[n:], scores
+
+
+def evaluate_reward(rm, tok, pairs):
+    """Accuracy against the labels, accuracy against the gold rule (pairs it ranks, and per family), margin, spread."""
+    diff, scores = score_differences(rm, tok, pairs)
+    results = {"accuracy": (diff > 0).float().mean().item(), "margin": diff.mean().item(),
                "score_mean": scores.mean().item(), "score_std": scores.std().item()}
-    if n and "gold_chosen" in pairs[0]:
-        gold = torch.tensor([p["gold_chosen"] - p["gold_rejected"] for p in pairs])
-        agree = ((chosen - rejected) * gold > 0).float()  # the RM orders the pair as the gold rule does
-        results["gold_accuracy"] = agree[gold != 0].mean().item()  # nan when the rule ranks no pair
-        for family in sorted({p["family"] for p in pairs}):
-            in_family = (gold != 0) & torch.tensor([p["family"] == family for p in pairs])
-            if in_family.any():
-                results[f"gold_accuracy/{family}"] = agree[in_family].mean().item()
+    if pairs and "gold_chosen" in pairs[0]:
+        results.update(preferences.gold_agreement(diff, pairs))
     return results
 
 
-@torch.no_grad()
-def logprob_baseline(policy, tok, pairs, batch_size=128):
-    """Gold accuracy of ranking each pair by the SFT model's own log p(response + <|end|> | prompt).
-
-    A baseline that needs no training: a reward model far above it learned more than the SFT model
-    already believed; one near it shows the knowledge of its trunk is the limit.
-    """
-    device = next(policy.parameters()).device
-    rows, n_response = [], []
-    for p in pairs:
-        for text in (p["chosen"], p["rejected"]):
-            rows.append(render_response(tok, p["prompt"], text, policy.config.block_size))
-            n_response.append(len(encode_content(tok, text)) + 1)  # the answer's tokens and its <|end|>
-    sums = []
-    for i in range(0, len(rows), batch_size):
-        ids, mask = pad_rows(rows[i:i + batch_size], tok.pad_id)
-        token_logprobs = logprobs(policy, ids.to(device), mask.to(device)).float().cpu()  # (B, T-1)
-        for b, row in enumerate(rows[i:i + batch_size]):  # the last n_response targets of the row
-            sums.append(token_logprobs[b, len(row) - 1 - n_response[i + b]:len(row) - 1].sum().item())
-    gold = torch.tensor([p["gold_chosen"] - p["gold_rejected"] for p in pairs])
-    diff = torch.tensor(sums[0::2]) - torch.tensor(sums[1::2])
-    return (diff * gold > 0)[gold != 0].float().mean().item()
+def agreement_table(results):
+    """Markdown lines: the reward model's held-out gold agreement per family beside the baselines'."""
+    names = [n for n in ("sft_logprob", "shorter", "rm_init") if f"heldout/baseline/{n}/gold_accuracy" in results]
+    families = sorted(k.rsplit("/", 1)[1] for k in results if k.startswith("heldout/gold_accuracy/"))
+    lines = ["| family | reward model | " + " | ".join(f"baseline: {n}" for n in names) + " |",
+             "|" + "---|" * (2 + len(names))]
+    for family, suffix in [("all", "")] + [(f, f"/{f}") for f in families]:
+        cells = [results.get(f"heldout/gold_accuracy{suffix}")] + [
+            results.get(f"heldout/baseline/{n}/gold_accuracy{suffix}") for n in names]
+        lines.append(f"| {family} | " + " | ".join("—" if c is None else f"{100 * c:.1f}%" for c in cells) + " |")
+    return lines
 
 
 # -----------------------------------------------------------------------------
@@ -324,7 +314,7 @@ def fit_reward_model(rm, tok, pairs, cfg, ckpt_path, heldout=None, extra=None):
 def normalise_on_samples(rm, policy, tok, train_pairs, cfg, generator):
     """Normalisation on fresh SFT samples of train prompts (OAI; N+); unterminated ones are left out."""
     prompts = list({json.dumps(p["prompt"]): p["prompt"] for p in train_pairs}.values())[:cfg.n_norm]
-    answers = respond(policy, tok, prompts, temperature=cfg.sample_temperature,
+    answers = respond(policy, tok, prompts, temperature=cfg.norm_temperature,
                       max_new_tokens=cfg.max_new_tokens, batch_size=256, generator=generator)
     ended = [(p, a.text) for p, a in zip(prompts, answers) if a.ended]
     if len(ended) < 2:  # a barely trained SFT model: better a rough scale than none
@@ -348,6 +338,7 @@ def train(cfg):
 
     rm = RewardModel(copy.deepcopy(policy), tok.assistant_id if cfg.likelihood else None)  # from SFT, head fresh (OAI)
     rm = rm.to(device)
+    rm_at_init = copy.deepcopy(rm) if rank == 0 and world_labels else None  # a baseline (see `baselines`)
     ckpt_path = os.path.join(cfg.out_dir, "reward", "model.pt")
     history = fit_reward_model(rm, tok, train_pairs, cfg, ckpt_path, heldout_pairs if cfg.eval_every else None,
                                extra={"stage_config": asdict(cfg)})
@@ -363,7 +354,7 @@ def train(cfg):
     if world_labels:
         results["labels/gold_agreement"] = preferences.label_agreement(train_pairs)
         results["labels/heldout_gold_agreement"] = preferences.label_agreement(heldout_pairs)
-        results["heldout/sft_logprob_gold_accuracy"] = logprob_baseline(policy, tok, heldout_pairs)
+        results.update({f"heldout/{k}": v for k, v in preferences.baselines(policy, tok, heldout_pairs, rm_at_init).items()})
     if world_labels and cfg.bon_n:
         test = tasks.make_examples(tasks.make_world(cfg.world_seed), "test", cfg.bon_n, seed=1)
         ns = tuple(int(n) for n in cfg.bon_ns.split(","))

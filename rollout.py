@@ -1,7 +1,7 @@
 """
 rollout.py: the experience PPO learns from: the four models of RLHF, and one batch of rollouts.
 
-  policy, ref_policy, critic, rm = load_models(cfg, device)      # [1, 2]
+  policy, ref_policy, critic, rm = load_models(cfg, device, None, print, tok)   # [1, 2]
   batch = rollout(policy, ref_policy, critic, rm, tok, examples, cfg, device, generator)   # [3-7]
 
 A rollout samples one answer per prompt at the rollout temperature, recomputes the logprobs of the
@@ -19,17 +19,21 @@ import torch.nn.functional as F
 
 import tasks
 from data import decode_content
-from evaluate import prompt_ids
+from evaluate import prompt_ids, respond
 from generate import generate
 from model import autocast, load_policy, logprobs_from_logits
-from reward import RewardModel, load_reward_model
+from reward import RewardModel, load_reward_model, normalise
 
 
-def load_models(cfg, device, reward_model, say):
+def load_models(cfg, device, reward_model, say, tok):
     """(policy, frozen reference, critic, frozen reward model) for a PPO run. [1, 2]"""
     sft_path = cfg.sft_path or os.path.join(cfg.out_dir, "sft", "model.pt")
     policy = load_policy(sft_path, device)  # [1]
     ref_policy = load_policy(sft_path, device).requires_grad_(False)  # frozen [1]
+    if reward_model is None and cfg.reward == "sft_logprob":
+        reward_model = likelihood_reward(ref_policy, tok, cfg, device)
+    elif cfg.reward not in ("model", "sft_logprob"):
+        raise ValueError(f"reward must be 'model' or 'sft_logprob', got {cfg.reward!r}")
     rm = reward_model or load_reward_model(cfg.reward_path or os.path.join(cfg.out_dir, "reward", "model.pt"), device)
     if isinstance(rm, RewardModel) and rm.score_std.item() == 1.0 and rm.score_mean.item() == 0.0:
         say("warning: the reward model is not normalised; kl_coef and missing_eos_penalty assume mean 0, std 1")
@@ -37,16 +41,35 @@ def load_models(cfg, device, reward_model, say):
     return policy, ref_policy, critic, rm.requires_grad_(False).eval()
 
 
+def likelihood_reward(sft_model, tok, cfg, device):
+    """The best reward that needs no preferences (--reward sft_logprob): the SFT model's own
+    log p(answer + <|end|> | prompt), a RewardModel with a zero head and the likelihood term alone,
+    normalised to mean 0, std 1 on SFT samples at the rollout temperature, as reward.py does. PPO on
+    it against PPO on the learned reward model shows what the comparisons added."""
+    scorer = RewardModel(copy.deepcopy(sft_model), tok.assistant_id).to(device)
+    torch.nn.init.zeros_(scorer.head.weight)
+    prompts = [ex.messages for ex in tasks.make_examples(tasks.make_world(cfg.world_seed), "train", 256, seed=cfg.seed + 99)]
+    answers = respond(sft_model, tok, prompts, cfg.temperature, cfg.max_new_tokens,
+                      generator=torch.Generator(device=device).manual_seed(cfg.seed))
+    ended = [(p, a.text) for p, a in zip(prompts, answers) if a.ended]
+    normalise(scorer, tok, [p for p, _ in ended], [t for _, t in ended])
+    return scorer
+
+
 def make_critic(init, rm, sft_model):
     """The value model: a RewardModel (trunk + scalar head) whose head reads every position. [2]
 
-    "reward" (default, N+): a copy of the reward model. Its trunk already computes the score, so
-    the head calibrates fast; its values away from the <|end|> (where alone it was trained) start
-    off. "sft" (OAI): the SFT trunk with a zero head, every value 0 at the start.
+    "sft" (default, OAI): the SFT trunk with a zero head, every value 0 at the start: consistent with
+    any reward model, since the whitened advantages do not depend on a constant offset of the values.
+    "reward" (N+): a copy of a reward model whose score is its head alone (reward.py --likelihood
+    false), so that the critic's value at the <|end|> starts equal to the score. With the likelihood
+    term the head is only part of the score, and its values would start off by the rest.
     """
     if init == "reward":
-        if not isinstance(rm, RewardModel):
-            raise ValueError("critic_init 'reward' needs a RewardModel; use critic_init 'sft'")
+        if not isinstance(rm, RewardModel) or rm.assistant_id >= 0:
+            raise ValueError("critic_init 'reward' needs a head-only RewardModel (reward.py --likelihood false): "
+                             "the critic reads the head alone, which is not this reward model's score; "
+                             "use critic_init 'sft'")
         critic = copy.deepcopy(rm)
     elif init == "sft":
         critic = RewardModel(copy.deepcopy(sft_model))
@@ -71,6 +94,13 @@ def response_logprobs(policy, ids, attention_mask, prompt_width, temperature):
     return logprobs, entropy
 
 
+def penalised_scores(rm_scores, ended, penalty):
+    """The score PPO optimises (B,): the reward model's for an answer that ended, clipped from below at
+    penalty + 1, and `penalty` for one that never wrote <|end|>. The clip makes ending always pay: an
+    unbounded score could fall below the penalty, and then never ending would score better. [6]"""
+    return torch.where(ended, rm_scores.clamp(min=penalty + 1), torch.full_like(rm_scores, penalty))
+
+
 @torch.no_grad()
 def rollout(policy, ref_policy, critic, rm, tok, examples, cfg, device, generator=None):
     """Sample one answer per example and compute what PPO needs. [3-7]
@@ -92,7 +122,7 @@ def rollout(policy, ref_policy, critic, rm, tok, examples, cfg, device, generato
         values = critic.token_values(ids, mask)[:, P - 1:-1] if critic is not None else None
         rm_scores = rm(ids, mask).float()  # the RM reads the last real token: the <|end|> [7]
     ended = torch.tensor(gen.ended, device=ids.device)
-    scores = torch.where(ended, rm_scores, torch.full_like(rm_scores, cfg.missing_eos_penalty))  # [6]
+    scores = penalised_scores(rm_scores, ended, cfg.missing_eos_penalty)  # [6]
     texts = [decode_content(tok, r[:-1] if e else r) for r, e in zip(gen.responses, gen.ended)]
     gold = torch.tensor([tasks.grade(ex, text, e) for ex, text, e in zip(examples, texts, gen.ended)])
     return {"ids": ids, "attention_mask": mask, "prompt_width": P, "response_mask": mask[:, P:].float(),

@@ -5,6 +5,7 @@ start); a tiny PPO run on a trivial reward, with Ctrl-C and --resume."""
 import json
 import math
 import os
+import signal
 
 import pytest
 import torch
@@ -12,10 +13,12 @@ import torch
 import ppo
 import tasks
 from tokenizer import Tokenizer
-from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+from data import render_prompt
+from generate import generate
+from model import GPT, GPTConfig, load_checkpoint, logprobs, save_checkpoint
 from common import masked_whiten
 from ppo import AdaptiveKLController, PPOConfig, gae, kl_penalty_rewards, policy_loss, value_loss
-from rollout import make_critic, response_logprobs, rollout
+from rollout import likelihood_reward, make_critic, penalised_scores, response_logprobs, rollout
 from reward import RewardModel, last_token_index
 
 WORLD = tasks.make_world(0)
@@ -204,20 +207,61 @@ def test_ratio_is_exactly_one_on_the_first_minibatch(tok, tmp_path):
     assert stats["clipfrac"].item() == 0.0 and stats["approx_kl"].item() == 0.0
 
 
-def test_critic_starts_from_the_reward_model_or_at_zero(tok):
-    rm = RewardModel(tiny_gpt(tok, seed=1)).eval()
-    rm.score_mean.fill_(0.3)
-    rm.score_std.fill_(2.0)
+def test_critic_starts_at_zero_with_the_default_reward_model_or_from_a_head_only_one(tok):
     ids = torch.tensor([[tok.pad_id, tok.pad_id, 5, 6, 7, tok.end_id], [3, 4, 5, tok.end_id, tok.pad_id, tok.pad_id]])
     mask = (ids != tok.pad_id).long()
+    default_rm = RewardModel(tiny_gpt(tok, seed=1), assistant_id=tok.assistant_id).eval()  # reward.py's default
+    default_rm.score_mean.fill_(0.3)
     with torch.no_grad():
-        values = make_critic("reward", rm, tiny_gpt(tok)).token_values(ids, mask)  # (B, T)
+        assert PPOConfig.critic_init == "sft"
+        assert (make_critic(PPOConfig.critic_init, default_rm, tiny_gpt(tok)).token_values(ids, mask) == 0).all()
+        with pytest.raises(ValueError, match="head-only"):  # its head is not its score: the critic would start off
+            make_critic("reward", default_rm, tiny_gpt(tok))
+        head_only = RewardModel(tiny_gpt(tok, seed=1)).eval()  # reward.py --likelihood false
+        head_only.score_mean.fill_(0.3)
+        head_only.score_std.fill_(2.0)
+        values = make_critic("reward", head_only, tiny_gpt(tok)).token_values(ids, mask)  # (B, T)
         assert values.shape == ids.shape
         # at the <|end|> the reward-initialised critic says what the (normalised) reward model says
-        assert torch.allclose(values[torch.arange(2), last_token_index(mask)], rm(ids, mask), atol=1e-6)
-        assert (make_critic("sft", rm, tiny_gpt(tok)).token_values(ids, mask) == 0).all()
+        assert torch.allclose(values[torch.arange(2), last_token_index(mask)], head_only(ids, mask), atol=1e-6)
     with pytest.raises(ValueError):
-        make_critic("policy", rm, tiny_gpt(tok))
+        make_critic("policy", head_only, tiny_gpt(tok))
+
+
+def test_never_ending_scores_below_every_ended_answer():
+    rm_scores = torch.tensor([2.0, -0.5, -30.0, -4.2, 1.0, -100.0])
+    ended = torch.tensor([True, True, True, True, False, False])
+    scores = penalised_scores(rm_scores, ended, penalty=-5.0)
+    assert scores.tolist() == [2.0, -0.5, -4.0, -4.0, -5.0, -5.0]  # clipped at penalty + 1; the penalty
+    assert scores[ended].min() > scores[~ended].max()
+
+
+def test_response_logprobs_and_values_line_up_with_a_model_that_reads_its_context(tok, tmp_path):
+    """With real attention, a logprob read one column off, or a value shifted by one position, differs."""
+    policy = tiny_gpt(tok, seed=3)
+    with torch.no_grad():
+        policy.wte.weight.mul_(30)  # sharp: the next token depends strongly on the context
+    examples = tasks.make_examples(WORLD, "train", 6, seed=4)
+    prompts = [render_prompt(tok, ex.messages, 96 - 8) for ex in examples]
+    gen = generate(policy, prompts, 8, temperature=1.0, stop_id=tok.end_id, pad_id=tok.pad_id,
+                   return_logprobs=True, generator=torch.Generator().manual_seed(0))
+    P, ids, mask = gen.prompt_width, gen.tokens, gen.attention_mask
+    response_mask = mask[:, P:].bool()
+    with torch.no_grad():
+        ours, _ = response_logprobs(policy, ids, mask, P, 1.0)
+        shared = logprobs(policy, ids, mask)[:, P - 1:]  # entry P - 1 + t scores response token t
+        assert torch.allclose(ours[response_mask], shared[response_mask], atol=1e-5)
+        assert torch.allclose(ours[response_mask], gen.logprobs[response_mask], atol=1e-4)  # generate's own
+        off_by_one = logprobs(policy, ids, mask)[:, P:]  # entry t scores response token t + 1: the bug
+        both = response_mask[:, 1:]
+        assert not torch.allclose(ours[:, :-1][both], off_by_one[both], atol=1e-3)
+        critic = RewardModel(tiny_gpt(tok, seed=5))
+        values = critic.token_values(ids, mask)[:, P - 1:-1]  # what rollout() stores: V before response token t
+        for b in range(len(examples)):
+            for t in range(int(response_mask[b].sum())):
+                prefix = ids[b:b + 1, :P + t]  # the prompt and the first t response tokens, alone
+                alone = critic.token_values(prefix, mask[b:b + 1, :P + t])[0, -1]
+                assert torch.allclose(values[b, t], alone, atol=1e-5), (b, t)
 
 
 # ----------------------------------------------------------------------------- tiny runs
@@ -264,6 +308,37 @@ class InterruptAt(CountX):
         return super().forward(ids, attention_mask)
 
 
+def test_ctrl_c_during_the_epochs_saves_a_consistent_state_and_resume_is_exact(tok, tmp_path, monkeypatch):
+    kw = dict(critic_init="sft", iterations=3, rollout_batch=8, minibatch=4, ppo_epochs=2, eval_every=0,
+              eval_n=1, ckpt_every=0, adaptive_kl=True, kl_horizon=10, lr=1e-2)
+    straight = tmp_path / "straight"
+    ppo.train(cfg_for(make_run(tok, straight), **kw), reward_model=CountX())
+    expected = torch.load(straight / "ppo" / "model.pt", weights_only=True)
+
+    real_epochs, calls = ppo.ppo_epochs, []
+
+    def interrupted_epochs(*args, **kwargs):  # Ctrl-C arrives in the middle of the second iteration's epochs
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_epochs(*args, **kwargs)
+
+    run = tmp_path / "interrupted"
+    monkeypatch.setattr(ppo, "ppo_epochs", interrupted_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        ppo.train(cfg_for(make_run(tok, run), **kw), reward_model=CountX())
+    saved = torch.load(run / "ppo" / "model.pt", weights_only=True)
+    assert saved["step"] == 2  # the iteration whose epochs were interrupted completed, and counts
+    assert sum(1 for _ in open(run / "ppo" / "metrics.jsonl")) == 2
+    monkeypatch.setattr(ppo, "ppo_epochs", real_epochs)
+    ppo.train(cfg_for(run, **kw, resume=True), reward_model=CountX())
+    resumed = torch.load(run / "ppo" / "model.pt", weights_only=True)
+    for part in ("model", "critic"):
+        for name, tensor in expected[part].items():
+            assert torch.equal(tensor, resumed[part][name]), (part, name)  # bit for bit the uninterrupted run
+    assert resumed["kl_coef"] == expected["kl_coef"]
+
+
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tok, tmp_path):
     cfg = cfg_for(make_run(tok, tmp_path), critic_init="sft", iterations=4, rollout_batch=8, minibatch=4,
                   ppo_epochs=1, eval_every=0, eval_n=1, ckpt_every=0, adaptive_kl=True, kl_horizon=10,
@@ -277,3 +352,16 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tok, tmp_path):
     assert [h["step"] for h in history if "score" in h] == [3, 4]
     assert torch.load(tmp_path / "ppo" / "model.pt", weights_only=True)["finished"]
     assert sum(1 for _ in open(os.path.join(tmp_path, "ppo", "metrics.jsonl"))) == 2 + 2 + 1  # kept on resume
+
+
+def test_ppo_can_optimise_the_sft_likelihood_instead_of_a_reward_model(tok, tmp_path):
+    cfg = cfg_for(make_run(tok, tmp_path), reward="sft_logprob", iterations=1, rollout_batch=8, minibatch=4,
+                  ppo_epochs=1, eval_every=0, eval_n=1, ckpt_every=0)
+    sft_model = load_checkpoint(str(tmp_path / "sft" / "model.pt"))[0]
+    scorer = likelihood_reward(sft_model, tok, cfg, "cpu")
+    assert (scorer.head.weight == 0).all() and scorer.likelihood_weight.item() == 1.0  # the likelihood alone
+    assert scorer.score_std.item() != 1.0  # normalised on SFT samples
+    _, _, history = ppo.train(cfg)  # no reward/model.pt in this run folder: the scorer stands in
+    assert [h["step"] for h in history if "score" in h] == [1]
+    with pytest.raises(ValueError, match="reward must be"):
+        ppo.train(cfg_for(tmp_path, reward="gold"))

@@ -192,7 +192,8 @@ def test_tiny_run_end_to_end(model_free, tiny_sft_run):
     rm, tok, history = reward.train(cfg)
     results = history[-1]
     for key in ("heldout/accuracy", "heldout/gold_accuracy", "heldout/margin", "labels/gold_agreement",
-                "bon/1/gold", "bon/4/gold", "bon/4/rm", "gold_correlation"):
+                "bon/1/gold", "bon/4/gold", "bon/4/rm", "gold_correlation", "heldout/baseline/sft_logprob/gold_accuracy",
+                "heldout/baseline/shorter/gold_accuracy", "heldout/baseline/rm_init/gold_accuracy"):
         assert key in results, key
     assert os.path.exists(out / "preferences" / "train.jsonl") and os.path.exists(out / "preferences" / "heldout.jsonl")
     assert load_preferences_jsonl(out / "preferences" / "heldout.jsonl")
@@ -221,3 +222,32 @@ def test_tiny_run_on_a_users_hh_rlhf_file(tiny_sft_run, tmp_path):
     assert 0.0 <= results["heldout/accuracy"] <= 1.0
     assert not any("gold" in key or key.startswith("bon/") for key in results)
     assert load_reward_model(str(tmp_path / "reward" / "model.pt")).score_std.item() == rm.score_std.item()
+
+
+def pair(family, chosen, rejected, gold_chosen, gold_rejected):
+    return {"prompt": [{"role": "user", "content": "q"}], "chosen": chosen, "rejected": rejected,
+            "family": family, "gold_chosen": gold_chosen, "gold_rejected": gold_rejected}
+
+
+def test_gold_agreement_and_the_shorter_answer_baseline_by_hand(tok):
+    pairs = [pair("add", "5", "The answer is 6.", 1.0, 0.0),    # gold ranks chosen first; chosen is shorter
+             pair("add", "It is 5.", "6", 0.6, 0.0),            # chosen first; chosen is LONGER
+             pair("sort", "a, b", "b, a", 1.0, 0.0),            # chosen first; same length: a tie
+             pair("sort", "x", "y", 0.0, 0.0)]                  # the rule ranks neither: left out
+    diff = torch.tensor([1.0, -2.0, 0.0, 5.0])
+    results = preferences.gold_agreement(diff, pairs)
+    assert results["gold_accuracy"] == pytest.approx((1 + 0 + 0.5) / 3)  # a tie counts half
+    assert results["gold_accuracy/add"] == 0.5 and results["gold_accuracy/sort"] == 0.5
+    policy = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)).eval()
+    base = preferences.baselines(policy, tok, pairs)
+    assert base["baseline/shorter/gold_accuracy"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert base["baseline/shorter/gold_accuracy/add"] == 0.5
+    assert 0.0 <= base["baseline/sft_logprob/gold_accuracy"] <= 1.0 and "baseline/rm_init/gold_accuracy" not in base
+
+
+def test_preference_prompts_held_out_share_no_item_with_the_train_ones():
+    cfg = preferences.PreferenceConfig(n_prompts=600, n_heldout_prompts=200)
+    sets = preferences.prompt_sets(cfg, WORLD)
+    assert len(sets["train"]) == 600 and len(sets["heldout"]) == 200
+    held = {(ex.family, ex.item) for ex in sets["heldout"]}
+    assert not any((ex.family, ex.item) in held for ex in sets["train"])
