@@ -319,6 +319,9 @@ def fit(model, cfg, next_batch, loss_fn, ckpt_path, evaluate=None, extra=None, n
     """
     device = cfg.device
     rank, world_size = rank_and_world_size()
+    if cfg.warmup_steps > cfg.max_steps and rank == 0:
+        print(f"{name}warning: warmup_steps {cfg.warmup_steps} > max_steps {cfg.max_steps}: the learning rate "
+              f"never reaches lr {cfg.lr:g} (it peaks at {cfg.lr * cfg.max_steps / cfg.warmup_steps:.3g})")
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device=device)
     state = TrainState(ckpt_path, {"model": model, "optimizer": optimizer}, extra, rank)
     if cfg.resume:

@@ -228,9 +228,20 @@ def print_comparison(results, splits):
 # Training
 
 
+def check_config(cfg):
+    """A ValueError naming the setting, for values the loss cannot use."""
+    if cfg.loss_type not in ("dpo", "ipo", "conservative"):
+        raise ValueError(f"--loss-type must be dpo, ipo or conservative, got {cfg.loss_type!r}")
+    if not cfg.beta > 0:
+        raise ValueError(f"--beta must be positive, got {cfg.beta}")
+    if cfg.loss_type == "conservative" and not 0 <= cfg.label_smoothing < 0.5:
+        raise ValueError(f"--label-smoothing must be in [0, 0.5) (the share of flipped labels), got {cfg.label_smoothing}")
+
+
 def train(cfg):
     """DPO from the SFT model on preference pairs. Returns (policy, tokenizer, history)."""
     t0 = time.time()
+    check_config(cfg)  # before the reference pass, not after it
     rank, _, device = setup_distributed(cfg.device)  # (0, 1, device) unless run by torchrun
     cfg = replace(cfg, device=device)  # a copy: the caller's cfg is left as it was
     seed_everything(cfg.seed + rank)

@@ -29,9 +29,10 @@ class DataError(ValueError):
 
 
 def read_utf8(path) -> str:
+    """The file's text; a UTF-8 byte-order mark at its start (some editors write one) is dropped."""
     raw = Path(path).read_bytes()
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte {raw[e.start]:#04x}); "
@@ -55,6 +56,8 @@ def _read_jsonl(path) -> list[tuple[int, dict]]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{line_no}: invalid JSON ({e.msg}, column {e.colno})") from None
+        except RecursionError:  # [[[[...]]]] nested thousands deep: Python's parser gives up
+            raise DataError(f"{path}:{line_no}: JSON nested too deeply") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}:{line_no}: expected a JSON object, got a {_json_type(record)}")
         records.append((line_no, record))
@@ -88,6 +91,8 @@ def _read_json_list(path) -> list[tuple[int, object]]:
             item, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{line}: JSON nested too deeply") from None
         items.append((line, item))
         pos = _JSON_SPACE.match(text, pos).end()
         if text[pos:pos + 1] == ",":
@@ -147,7 +152,8 @@ def load_alpaca(path) -> list[list[dict]]:
         if not isinstance(item, dict):
             raise DataError(f"{where}: expected a JSON object, got a {_json_type(item)}")
         instruction = _field(item, "instruction", str, where)
-        extra_input = item.get("input") or ""
+        extra_input = item.get("input", "")
+        extra_input = "" if extra_input is None else extra_input  # null: no input, as an empty string is
         if not isinstance(extra_input, str):
             raise DataError(f'{where}: field "input" must be a string, got a {_json_type(extra_input)}')
         output = _field(item, "output", str, where)
@@ -194,9 +200,9 @@ def load_prompt_completion_jsonl(path) -> list[list[dict]]:
 
 def load_sft_file(path) -> list[list[dict]]:
     """Any SFT file: .json is Alpaca; for .jsonl the first record's fields tell the format."""
-    if Path(path).suffix == ".json":
+    if Path(path).suffix.lower() == ".json":
         return load_alpaca(path)
-    if Path(path).suffix != ".jsonl":
+    if Path(path).suffix.lower() != ".jsonl":
         raise DataError(f"{path}: unknown file type; expected .json (Alpaca) "
                         "or .jsonl (chat or prompt/completion)")
     records = _read_jsonl(path)
@@ -229,7 +235,9 @@ def _preference(record: dict, where: str) -> dict:
         for key in ("chosen", "rejected"):
             answer = _field(record, key, (str, list), where)
             if isinstance(answer, list):  # may repeat the prompt; only the final answer counts
-                answer = _split_answer(_messages(answer, where, key), where, key)[1]
+                before, answer = _split_answer(_messages(answer, where, key), where, key)
+                if before and before != prompt:
+                    raise DataError(f'{where}: the messages before the answer in "{key}" differ from "prompt"')
             answers.append(answer)
     else:  # implicit prompt: the shared prefix of two message lists or two HH transcripts
         splits = []
@@ -249,6 +257,8 @@ def _preference(record: dict, where: str) -> dict:
         raise DataError(f'{where}: the prompt must end with a user message')
     for key, answer in zip(("chosen", "rejected"), answers):
         _check_response(answer, where, key)
+    if answers[0] == answers[1]:
+        raise DataError(f'{where}: "chosen" and "rejected" are the same answer: the pair says nothing')
     pref = {"prompt": prompt, "chosen": answers[0], "rejected": answers[1]}
     for key, kind in WORLD_FIELDS.items():  # the built-in world's pairs carry their gold scores
         if key in record:

@@ -12,6 +12,7 @@ Departure: sample_from draws one uniform number per row (inverse CDF) instead of
 which draws one per vocabulary entry: the same distribution, a quarter less generation time on a CPU.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -75,7 +76,9 @@ def sample_from(probs, generator=None):
     per vocabulary entry, which was a quarter of the generation time on a CPU. Returns (B,)."""
     u = torch.rand(probs.size(0), 1, device=probs.device, generator=generator)  # (B, 1)
     token = torch.searchsorted(probs.cumsum(dim=-1), u, right=True).squeeze(-1)  # zero-probability tokens add no width
-    return token.clamp(max=probs.size(-1) - 1)  # u just below 1 against a cumsum rounded below 1
+    # u just below 1 against a cumsum rounded below 1: the last token that has any probability
+    last_possible = probs.size(-1) - 1 - (probs.flip(-1) > 0).int().argmax(dim=-1)
+    return torch.where(token >= probs.size(-1), last_possible, token)
 
 
 @torch.no_grad()  # not inference_mode: PPO later backpropagates through logprobs of these tokens
@@ -89,6 +92,14 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     each sampled token under softmax(logits / temperature) (temperature 1 when greedy), before
     top-k / top-p filtering, i.e. what logprobs() computes for the same tokens.
     """
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be 0 (greedy) or positive, got {temperature}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (render_prompt adds <|bos|> and the turn tokens)")
     model.eval()
     device = next(model.parameters()).device
     B, P = len(prompts), max(len(p) for p in prompts)
@@ -111,12 +122,18 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
             start = cache.length
             logits, _ = model(tokens[:, start:end], attention_mask=mask[:, :end], cache=cache)
         logits = logits[:, -1, :].float()  # (B, V)
+        if not bool(torch.isfinite(logits).all()):  # else every row would silently sample the same id
+            raise FloatingPointError(f"generate: the model's logits at new token {t} contain NaN or inf "
+                                     "(a diverged model, or a broken checkpoint)")
         if temperature == 0:
             next_token = logits.argmax(dim=-1)
             logp = F.log_softmax(logits, dim=-1)
         else:
             logp = F.log_softmax(logits / temperature, dim=-1)
             probs = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
+            if not bool(torch.isfinite(probs).all()):  # a temperature so small that logits / T overflow
+                raise FloatingPointError(f"generate: temperature {temperature} turns the logits into inf; "
+                                         "use a larger one, or 0 for greedy")
             next_token = sample_from(probs, generator)
         next_token = torch.where(done, torch.full_like(next_token, pad_id), next_token)
         tokens[:, end] = next_token

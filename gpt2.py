@@ -118,6 +118,13 @@ def gpt2_config(weights, n_head=None, config_json=None):
     if cfg.get("activation_function", "gelu_new") != "gelu_new" or cfg.get("layer_norm_epsilon", 1e-5) != 1e-5:
         raise ValueError("only GPT-2's tanh GELU (gelu_new) and LayerNorm eps 1e-5 are supported; config.json has "
                          f"{cfg.get('activation_function')!r} and {cfg.get('layer_norm_epsilon')!r}")
+    # attention variants of Hugging Face's GPT-2 config that our attention does not implement: with any
+    # of them the logits would be silently wrong, so the import stops
+    unsupported = {k: cfg[k] for k, default in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                                                ("reorder_and_upcast_attn", False)) if k in cfg and cfg[k] != default}
+    if unsupported:
+        raise ValueError(f"config.json sets {unsupported}: only GPT-2's own attention (scaled by 1/sqrt(head size), "
+                         "no layer-index scaling) is implemented")
     n_head = n_head or cfg.get("n_head") or GPT2_HEADS.get(n_embd)
     if not n_head:
         raise ValueError(f"n_embd {n_embd} is not one of GPT-2's sizes {sorted(GPT2_HEADS)}: give n_head "

@@ -43,10 +43,10 @@ PRESETS = {
         "sft": dict(n_examples=400, batch_size=16, max_steps=60, warmup_steps=5, eval_every=0, eval_n=0,
                     ckpt_every=0, log_every=20, ptx_batch_size=2),
         "preferences": dict(model_free=True, n_prompts=48, n_heldout_prompts=16, max_new_tokens=16),
-        "reward": dict(max_new_tokens=16, n_norm=16, bon_n=4, bon_ns="1,2,4", log_every=5),
+        "reward": dict(max_new_tokens=16, n_norm=16, bon_n=4, bon_ns="1,2,4", log_every=5, warmup_steps=2),
         "ppo": dict(iterations=2, rollout_batch=8, minibatch=4, ppo_epochs=1, max_new_tokens=16, eval_every=0,
                     eval_n=2, ckpt_every=0),
-        "dpo": dict(max_steps=5, batch_size=8, eval_n=0, max_new_tokens=16, log_every=5),
+        "dpo": dict(max_steps=5, batch_size=8, eval_n=0, max_new_tokens=16, log_every=5, warmup_steps=2),
         # the quick models write no verdict or revision a parser could read: fallback keeps the stages going
         "rlaif": dict(feedback_examples=200, feedback_steps=10, batch_size=16, judge_eval_prompts=8, cai_prompts=24,
                       cai_steps=5, max_new_tokens=16, judge_max_new_tokens=16, critique_max_new_tokens=16,

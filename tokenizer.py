@@ -208,20 +208,29 @@ class Tokenizer:
             if not path.is_file():
                 raise FileNotFoundError(f"{path} not found: run pretrain.py (it trains and saves the "
                                         "tokenizer) or Tokenizer.train(...).save(directory) first")
-        ranks = {}
+        ranks, seen_ranks = {}, set()
         ranks_path = directory / "tokenizer.tiktoken"
         for line_no, line in enumerate(read_utf8(ranks_path).split("\n"), start=1):
             if not line.strip():
                 continue
             try:
                 token_b64, rank = line.split()
-                ranks[base64.b64decode(token_b64, validate=True)] = int(rank)
+                token, rank = base64.b64decode(token_b64, validate=True), int(rank)
             except ValueError:  # wrong number of fields, bad base64 (binascii.Error) or bad int
                 raise DataError(f"{ranks_path}:{line_no}: expected `base64_token rank`, "
                                 f"got {line!r}") from None
-        meta = json.loads(read_utf8(directory / "tokenizer.json"))
-        return cls(ranks, pat_str=meta["pat_str"], name=meta["name"],
-                   special_tokens=meta["special_tokens"], kind=meta.get("kind", "trained"))
+            if token in ranks or rank in seen_ranks:  # tiktoken would panic (an exception `except` misses)
+                raise DataError(f"{ranks_path}:{line_no}: token or rank {rank} given twice")
+            ranks[token] = rank
+            seen_ranks.add(rank)
+        meta_path = directory / "tokenizer.json"
+        try:
+            meta = json.loads(read_utf8(meta_path))
+            fields = (meta["pat_str"], meta["name"], meta["special_tokens"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(f"{meta_path}: not a tokenizer file written by Tokenizer.save "
+                            f"({type(e).__name__}: {e}); train the tokenizer again") from None
+        return cls(ranks, pat_str=fields[0], name=fields[1], special_tokens=fields[2], kind=meta.get("kind", "trained"))
 
     @classmethod
     def from_gpt2(cls, directory) -> "Tokenizer":

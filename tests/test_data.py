@@ -532,3 +532,48 @@ def test_content_gets_one_leading_space_so_copied_words_are_the_same_token():
     assert answer_ids == tok.encode(" cat")
     assert decode_content(tok, answer_ids) == "cat"
     assert decode_content(tok, encode_content(tok, "  two spaces")) == "  two spaces"
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("a.json", '[{"instruction": "Hi", "input": 0, "output": "Hello"}]', r'a\.json:1: field "input" must be a string'),
+    ("a.json", '[{"instruction": "Hi", "input": [], "output": "Hello"}]', r'a\.json:1: field "input" must be a string'),
+    ("a.json", '[{"instruction": "Hi", "input": false, "output": "Hello"}]', r'a\.json:1: field "input" must be a string'),
+    ("p.jsonl", '{"prompt": "Hi", "chosen": "Hello", "rejected": "Hello"}', r"p\.jsonl:1: .*the same answer"),
+    ("p.jsonl", '{"prompt": "Hi", "chosen": [{"role": "user", "content": "Other"}, {"role": "assistant", "content": "A"}], '
+                '"rejected": "B"}', r'p\.jsonl:1: the messages before the answer in "chosen" differ'),
+    ("d.jsonl", "[" * 100_000 + "]" * 100_000, r"d\.jsonl:1: JSON nested too deeply"),
+])
+def test_loaders_refuse_what_they_should_with_file_and_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text + "\n", encoding="utf-8")
+    load = formats.load_preferences_jsonl if name.startswith("p") else formats.load_sft_file
+    with pytest.raises(DataError, match=message):
+        load(str(path))
+
+
+def test_alpaca_null_input_upper_case_extension_and_a_byte_order_mark(tmp_path):
+    path = tmp_path / "A.JSON"
+    path.write_bytes(b"\xef\xbb\xbf" + b'[{"instruction": "Hi", "input": null, "output": "Hello"}]')
+    assert formats.load_sft_file(str(path)) == [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]]
+    chat = tmp_path / "c.JSONL"
+    chat.write_text('{"prompt": "Hi", "completion": "Hello"}\n', encoding="utf-8")
+    assert formats.load_sft_file(str(chat))[0][1]["content"] == "Hello"
+    corpus = tmp_path / "t.txt"
+    corpus.write_bytes(b"\xef\xbb\xbfOnce upon a time.")
+    assert formats.load_text(str(corpus)) == "Once upon a time."  # the mark is not corpus text
+
+
+def test_broken_tokenizer_files_name_the_file(tmp_path):
+    tok = Tokenizer.train("the cat sat on the mat " * 50, 270)
+    tok.save(str(tmp_path / "a"))
+    meta = tmp_path / "a" / "tokenizer.json"
+    meta.write_text(meta.read_text()[:20], encoding="utf-8")  # truncated
+    with pytest.raises(DataError, match=r"tokenizer\.json: not a tokenizer file"):
+        Tokenizer.load(str(tmp_path / "a"))
+    tok.save(str(tmp_path / "b"))
+    ranks = tmp_path / "b" / "tokenizer.tiktoken"
+    lines = ranks.read_text().splitlines()
+    lines[5] = lines[5].split()[0] + " " + lines[4].split()[1]  # a rank given twice
+    ranks.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"tokenizer\.tiktoken:6: token or rank \d+ given twice"):
+        Tokenizer.load(str(tmp_path / "b"))

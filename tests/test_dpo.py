@@ -241,3 +241,10 @@ def test_tiny_run_on_the_built_in_world(tok, tmp_path):
         assert key in results, key
     assert "sft/kl_to_ref" not in results
     assert [h["step"] for h in history if "loss" in h] == [1, 2]
+
+
+@pytest.mark.parametrize("setting, message", [({"loss_type": "kto"}, "loss-type"), ({"beta": 0.0}, "beta"),
+                                              ({"loss_type": "conservative", "label_smoothing": 0.5}, "label-smoothing")])
+def test_bad_settings_are_refused_before_any_work(setting, message, tmp_path):
+    with pytest.raises(ValueError, match=message):  # tmp_path has no tokenizer: nothing was read yet
+        dpo.train(DPOConfig(out_dir=str(tmp_path), device="cpu", **setting))

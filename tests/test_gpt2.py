@@ -163,6 +163,11 @@ def test_config_of_the_four_gpt2_sizes_from_shapes(n_embd, n_layer, n_head):
     assert gpt2_config(meta, config_json={"n_layer": n_layer + 1}).n_layer == n_layer + 1  # config.json's n_layer wins
     with pytest.raises(ValueError, match="gelu_new"):
         gpt2_config(meta, config_json={"activation_function": "relu"})
+    assert gpt2_config(meta, config_json={"scale_attn_weights": True, "reorder_and_upcast_attn": False}).n_embd == n_embd
+    for flag, value in (("scale_attn_weights", False), ("scale_attn_by_inverse_layer_idx", True),
+                        ("reorder_and_upcast_attn", True)):  # variants our attention does not compute
+        with pytest.raises(ValueError, match=flag):
+            gpt2_config(meta, config_json={flag: value})
 
 
 # -----------------------------------------------------------------------------

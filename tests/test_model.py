@@ -177,6 +177,26 @@ def test_sample_from_follows_the_distribution_and_never_picks_a_zero():
     assert torch.equal(draws, sample_from(probs, torch.Generator().manual_seed(0)))
     # a row whose cumulative sum rounds below 1 still gets a valid token
     assert sample_from(torch.tensor([[0.5, 0.4999]]), torch.Generator().manual_seed(1)).item() in (0, 1)
+    # ... and never a zero-probability last id: u above the whole mass of [0.3, 0.3, 0] falls on token 1
+    assert (sample_from(torch.tensor([[0.3, 0.3, 0.0]]).expand(2000, 3), torch.Generator().manual_seed(2)) != 2).all()
+
+
+def test_generate_refuses_bad_arguments_and_non_finite_logits(model):
+    prompt = [[1, 2, 3]]
+    for kwargs, message in ((dict(temperature=-1.0), "temperature"), (dict(temperature=float("nan")), "temperature"),
+                            (dict(top_p=0.0), "top_p"), (dict(max_new_tokens=0), "max_new_tokens")):
+        args = {"max_new_tokens": 4, **kwargs}
+        with pytest.raises(ValueError, match=message):
+            generate(model, prompt, **args)
+    with pytest.raises(ValueError, match="at least one token"):
+        generate(model, [[]], 4)
+    with pytest.raises(FloatingPointError, match="inf"):
+        generate(model, prompt, 4, temperature=1e-40)  # logits / T overflow
+    broken = GPT(model.config)
+    with torch.no_grad():
+        broken.lm_head.weight.fill_(float("nan"))  # a diverged model
+    with pytest.raises(FloatingPointError, match="NaN"):
+        generate(broken, prompt, 4)
 
 
 class NotATensor:  # any pickled object: what a malicious or foreign checkpoint could hold

@@ -10,8 +10,8 @@ import evaluate
 import pretrain
 import sft
 import tasks
-from common import cli, lr_at
-from model import load_checkpoint
+from common import cli, fit, lr_at
+from model import GPT, GPTConfig, load_checkpoint
 
 TINY_MODEL = dict(corpus_size=0.05, vocab_size=300, n_layer=1, n_head=2, n_embd=32, block_size=64,
                   batch_size=8, lr=3e-3, warmup_steps=2, log_every=5, eval_every=0, ckpt_every=0,
@@ -198,3 +198,14 @@ def test_gradient_accumulation_over_uneven_micro_batches_equals_one_batch(tmp_pa
     for accumulated, whole_batch in zip(*params):
         assert torch.allclose(accumulated, whole_batch, atol=1e-6)
     assert any(d.abs().max() > 1e-4 for d in params[0])  # the step did move the weights
+
+
+def test_a_warmup_longer_than_the_run_warns(tmp_path, capsys):
+    model = GPT(GPTConfig(vocab_size=8, block_size=4, n_layer=1, n_head=1, n_embd=4))
+    cfg = dataclasses.make_dataclass("C", [])()
+    for k, v in dict(max_steps=2, lr=1e-2, warmup_steps=10, min_lr_frac=0.1, weight_decay=0.0, grad_clip=0.0,
+                     log_every=100, eval_every=0, ckpt_every=0, device="cpu", resume=False, quiet=True).items():
+        setattr(cfg, k, v)
+    batch = [{"x": torch.ones(4, 2), "n": 4, "n_tokens": 4}]
+    fit(model, cfg, lambda step: batch, lambda m, mb: (m.wte.weight.pow(2).sum(), {}), str(tmp_path / "m.pt"))
+    assert "warmup_steps 10 > max_steps 2" in capsys.readouterr().out
