@@ -124,7 +124,7 @@ def make_plots(run_dir):
         return [p[0] for p in points], [p[1] for p in points]
 
     panels = [("losses.png", [("pretrain", "loss", "pretrain loss"), ("pretrain", "val_loss", "pretrain val loss"),
-                              ("sft", "loss", "SFT loss")], "step"),
+                              ("sft", "sft_loss", "SFT loss (answers)")], "step"),
               ("reward.png", [("reward", "accuracy", "RM train accuracy (labels)")], "step"),
               ("ppo.png", [("ppo", "score", "RM score"), ("ppo", "gold", "gold score"), ("ppo", "kl", "KL to SFT")],
                "iteration"),

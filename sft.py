@@ -183,12 +183,14 @@ def train(cfg):
         logits, _ = model(batch["input_ids"], attention_mask=None)  # right padding: no mask needed
         loss_sum = lm_loss(logits, batch["targets"], reduction="sum")
         if "replay_ids" not in batch:
-            return loss_sum, {}
+            return loss_sum, {"sft_loss": loss_sum.detach()}
         # loss = SFT loss + ptx_coef * LM loss on pretraining text: the pretraining mix of InstructGPT
         # (Ouyang et al. 2022, eq. 2, "PPO-ptx"), used here in SFT. Without it SFT overwrites facts it
         # never asks about: base-model completion of held-out people's facts fell from 91% to 11%.
         _, ptx_loss = model(batch["replay_ids"], batch["replay_targets"])  # mean over the window tokens
-        return loss_sum + cfg.ptx_coef * ptx_loss * batch["n"], {"ptx_loss": ptx_loss.detach() * batch["n"]}
+        # logged apart: "loss" is what is minimised, "sft_loss" the answers' own loss, "ptx_loss" the mix's
+        return loss_sum + cfg.ptx_coef * ptx_loss * batch["n"], {"sft_loss": loss_sum.detach(),
+                                                                 "ptx_loss": ptx_loss.detach() * batch["n"]}
 
     evaluate_fn = None
     if not cfg.data_file and cfg.eval_n > 0:

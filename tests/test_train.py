@@ -49,6 +49,8 @@ def test_sft_then_evaluate(base_run):
     losses = [h["loss"] for h in history if "loss" in h]
     assert losses[-1] < losses[0], losses
     assert all(h["ptx_loss"] > 0 for h in history if "loss" in h)  # the pretraining mix is on by default
+    for h in (h for h in history if "loss" in h):  # "loss" = the answers' own loss + ptx_coef * the mix's
+        assert h["loss"] == pytest.approx(h["sft_loss"] + cfg.ptx_coef * h["ptx_loss"], rel=1e-5)
     sets = evaluate.eval_sets(tasks.make_world(0), 4)
     results = evaluate.evaluate(model, tok, sets, max_new_tokens=8)
     for split in evaluate.EVAL_SPLITS:
