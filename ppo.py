@@ -11,8 +11,7 @@ built-in world shows what the reward model cannot: the gold score of every rollo
   python ppo.py --adaptive-kl true               # OAI's adaptive KL controller (target kl_target)
   python ppo.py --kl-coef 0 --lr 2e-4            # no leash: over-optimisation, on purpose
   python ppo.py --reward sft_logprob --out-dir runs/nopref --sft-path runs/default/sft/model.pt
-                                                 # optimise SFT's own likelihood: no preferences at all
-                                                 # (runs/nopref/ needs a copy of runs/default/tokenizer/)
+                                                 # SFT's own likelihood, no preferences (copy tokenizer/ there)
 
 Reads <out_dir>/tokenizer/, sft/model.pt and reward/model.pt (normalised to mean 0, std 1 on SFT
 samples). Writes <out_dir>/ppo/model.pt (the policy), metrics.jsonl (one record per iteration) and eval.json.
@@ -280,8 +279,7 @@ def ppo_epochs(policy, critic, optimizers, batch, advantages, returns, cfg, devi
 def iteration_metrics(batch, non_score_rewards, returns, stats, kl, kl_coef, lr, seconds_update):
     """Step 4: the record logged for one iteration. [17]"""
     response_mask, ended = batch["response_mask"], batch["ended"]
-    metrics = {"score": batch["scores"].mean(), "score_std": batch["scores"].std(),  # about 0 and 1 at first
-               "gold": batch["gold"].mean(),  # the truth, for us only
+    metrics = {"score": batch["scores"].mean(), "score_std": batch["scores"].std(), "gold": batch["gold"].mean(),
                "rm_score": batch["rm_scores"][ended].mean() if ended.any() else math.nan,  # ended ones
                "kl": kl, "non_score_reward": non_score_rewards.sum(1).mean(), "kl_coef": kl_coef,
                "length": response_mask.sum(1).mean(), "ended": ended.float().mean(), "lr": lr,
@@ -361,8 +359,7 @@ def train(cfg, reward_model=None):
                             torch.Generator(device=device).manual_seed(cfg.seed + it + rank_seed))
             # 2. rewards and advantages, once per batch
             advantages, returns, non_score_rewards = rewards_and_advantages(batch, kl_ctl.value, cfg)
-            # 3-4. the update, its log and the KL controller, as one whole: a Ctrl-C during them waits
-            # for the iteration's end, so a checkpoint's weights, kl_coef and log belong to its `step`
+            # 3-4. the update, its log and the KL controller as one whole (a Ctrl-C waits for its end)
             with state.one_step():
                 # 3. ppo_epochs passes over shuffled minibatches [14]
                 t_update = time.perf_counter()
