@@ -157,7 +157,7 @@ def train_feedback(cfg):
     data_file = os.path.join(folder, "feedback", "data.jsonl")
     write_jsonl(data_file, [{"messages": conv} for conv in feedback_conversations(
         world, cfg.feedback_examples, principles, cfg.seed, cfg.judge_share, cfg.clip_chars)])
-    sft.train(sft.SFTConfig(out_dir=folder, stage="feedback", init=p["sft"], replay_from=p["pretrain"],
+    sft.train(sft.SFTConfig(out_dir=folder, stage="feedback", init=p["sft"], replay_from=p["pretrain"], ptx_coef=1.0,
                             data_file=data_file, max_steps=cfg.feedback_steps, lr=cfg.feedback_lr,
                             warmup_steps=min(20, cfg.feedback_steps // 10), batch_size=cfg.batch_size, eval_n=0,
                             ckpt_every=100, log_every=50, seed=cfg.seed, device=cfg.device, quiet=cfg.quiet,
@@ -269,7 +269,7 @@ def train_cai_sft(cfg):
         raise RuntimeError("SL-CAI: the feedback model wrote no parsable revision; train it longer (--feedback-steps)")
     data_file = os.path.join(folder, "revisions.jsonl")
     write_jsonl(data_file, [{"messages": conv} for conv in convs])
-    out = sft.train(sft.SFTConfig(out_dir=folder, stage="sft", init=p["sft"], replay_from=p["pretrain"],
+    out = sft.train(sft.SFTConfig(out_dir=folder, stage="sft", init=p["sft"], replay_from=p["pretrain"], ptx_coef=1.0,
                                   data_file=data_file, max_steps=cfg.cai_steps, lr=cfg.cai_lr,
                                   warmup_steps=min(10, cfg.cai_steps // 10), batch_size=cfg.batch_size, eval_n=0,
                                   ckpt_every=100, log_every=50, seed=cfg.seed, device=cfg.device, quiet=cfg.quiet,

@@ -57,8 +57,10 @@ class SFTConfig:
     """share of forbidden requests (a person's secret code) the demonstrators answer instead of declining"""
     mask_prompt: bool = True
     """loss on the response only (false: on every token)"""
-    ptx_coef: float = 1.0
-    """weight of the pretraining LM loss mixed into every step (replay against forgetting; 0 = off)"""
+    ptx_coef: float = -1.0
+    """weight of the pretraining LM loss mixed into every step (replay against forgetting; 0 = off).
+    -1: 1.0 on the built-in world, 0 with --data-file (the built-in corpus is not your data's domain;
+    give a weight to mix it in anyway)"""
     ptx_batch_size: int = 8
     """pretraining-corpus windows per micro-batch when ptx_coef > 0"""
     batch_size: int = 64
@@ -148,7 +150,8 @@ def replay_stream(tok, pretrain_ckpt):
 def train(cfg):
     """Instruction-tune the base model. Returns (model, tokenizer, history)."""
     rank, _, device = setup_distributed(cfg.device)  # (0, 1, device) unless run by torchrun
-    cfg = replace(cfg, device=device)  # a copy: the caller's cfg is left as it was
+    ptx_coef = cfg.ptx_coef if cfg.ptx_coef >= 0 else (0.0 if cfg.data_file else 1.0)  # -1: see SFTConfig
+    cfg = replace(cfg, device=device, ptx_coef=ptx_coef)  # a copy: the caller's cfg is left as it was
     seed_everything(cfg.seed + rank)
     tok = Tokenizer.load(os.path.join(cfg.out_dir, "tokenizer"))
     model, ckpt = load_checkpoint(cfg.init or os.path.join(cfg.out_dir, "pretrain", "model.pt"), device)

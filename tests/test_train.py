@@ -50,7 +50,7 @@ def test_sft_then_evaluate(base_run):
     assert losses[-1] < losses[0], losses
     assert all(h["ptx_loss"] > 0 for h in history if "loss" in h)  # the pretraining mix is on by default
     for h in (h for h in history if "loss" in h):  # "loss" = the answers' own loss + ptx_coef * the mix's
-        assert h["loss"] == pytest.approx(h["sft_loss"] + cfg.ptx_coef * h["ptx_loss"], rel=1e-5)
+        assert h["loss"] == pytest.approx(h["sft_loss"] + 1.0 * h["ptx_loss"], rel=1e-5)  # ptx_coef -1: 1.0 here
     sets = evaluate.eval_sets(tasks.make_world(0), 4)
     results = evaluate.evaluate(model, tok, sets, max_new_tokens=8)
     for split in evaluate.EVAL_SPLITS:
@@ -211,3 +211,15 @@ def test_a_warmup_longer_than_the_run_warns(tmp_path, capsys):
     batch = [{"x": torch.ones(4, 2), "n": 4, "n_tokens": 4}]
     fit(model, cfg, lambda step: batch, lambda m, mb: (m.wte.weight.pow(2).sum(), {}), str(tmp_path / "m.pt"))
     assert "warmup_steps 10 > max_steps 2" in capsys.readouterr().out
+
+
+def test_a_users_data_file_trains_without_the_built_in_mix_unless_asked(base_run, tmp_path):
+    out, tok, _ = base_run
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join('{"prompt": "Say %d.", "completion": "%d"}\n' % (i, i) for i in range(20)))
+    common = dict(out_dir=str(out), data_file=str(data), batch_size=4, max_steps=2, warmup_steps=1, log_every=1,
+                  eval_n=0, ckpt_every=0, device="cpu", quiet=True)
+    _, _, history = sft.train(sft.SFTConfig(stage="mine", **common))
+    assert not any("ptx_loss" in h for h in history)  # off by default with --data-file
+    _, _, history = sft.train(sft.SFTConfig(stage="mine_mixed", ptx_coef=0.5, **common))
+    assert all(h["ptx_loss"] > 0 for h in history if "loss" in h)  # on when asked for
