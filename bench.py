@@ -3,6 +3,8 @@ bench.py: how fast is this machine, and how close to it do we get?
 
   python bench.py                 # the default CPU model; prints a table and one JSON line
   python bench.py --device cuda   # the same on a GPU
+  python bench.py --matched true  # SFT / RM / DPO steps and PPO iterations at fixed shapes (see matched_shapes),
+                                  # to set beside another library's run of the same shapes on this machine
 
 Measures, in one run:
   - the matmul peak (GFLOP/s) of a large fp32 (or bf16 on CUDA) matrix product;
@@ -35,6 +37,7 @@ from common import cli, fit, make_optimizer, seed_everything
 from tokenizer import Tokenizer
 from generate import generate
 from model import GPT, GPTConfig, autocast, get_device, lm_loss, save_checkpoint
+from rollout import response_logprobs
 
 
 @dataclass
@@ -56,6 +59,9 @@ class BenchConfig:
     seed: int = 0
     run: str = ""
     """a run folder (e.g. runs/default) whose SFT and reward models the PPO timing uses (default: random weights)"""
+    matched: bool = False
+    """only the matched-shape steps (SFT, reward model, DPO at 16 x 128; PPO at 16 x (96 + 32), 4 epochs), whose
+    figures can be set beside another library's run of the same shapes on the same machine"""
 
 
 def timed(fn, repeat, device):
@@ -219,12 +225,120 @@ def ppo_iteration(cfg, model_cfg, device):
     return {k: sum(h[f"time/{k}_s"] for h in rows) / len(rows) for k in ("generate", "score", "update")}
 
 
+def matched_shapes(cfg, model_cfg, device, batch=16, length=128, prompt=96, response=32):
+    """Seconds per step at fixed shapes, and tokens/s and steps/s: the median of cfg.steps steps of each
+    kind, timed one by one, the kinds alternating over cfg.repeats rounds (so a slow spell of a shared
+    machine hits them all). Random weights and tokens; nothing here depends on the data.
+      sft   16 rows x 128 tokens, loss on the second half of each row (the answer)
+      rm    16 pairs x 128 tokens, chosen and rejected concatenated in one pass of 32 rows, BT loss
+      dpo   16 pairs x 128 tokens, concatenated likewise; the reference's logprobs precomputed (as dpo.py
+            does, once before training), so a step is the policy's forward and backward only
+      ppo   one iteration: 16 rollouts of 96 prompt + 32 sampled tokens (no stop), the policy's,
+            the reference's and the critic's passes, the reward model's score, then 4 epochs of
+            minibatches of 4 (ppo.rewards_and_advantages, ppo.ppo_epochs)
+    Tokens per step: rows x length (rm and dpo: both answers, 2 x 16 x 128); ppo: 16 x 128 per iteration."""
+    mc = GPTConfig(**{**model_cfg.__dict__, "block_size": max(model_cfg.block_size, length, prompt + response)})
+    torch.manual_seed(cfg.seed)
+    rand = lambda *shape: torch.randint(4, mc.vocab_size, shape, device=device)  # noqa: E731
+    steps = {}
+
+    sft_model = GPT(mc).to(device)
+    sft_opt = make_optimizer(sft_model, 3e-4, 0.0, device=device)
+    sft_ids = rand(batch, length)
+    sft_targets = sft_ids.roll(-1, dims=1)
+    sft_targets[:, : length // 2] = -100
+
+    def sft_step():
+        with autocast(device):
+            loss = lm_loss(sft_model(sft_ids)[0], sft_targets)
+        loss.backward()
+        sft_opt.step()
+        sft_opt.zero_grad(set_to_none=True)
+    steps["sft"] = (sft_step, batch * length)
+
+    rm = reward.RewardModel(GPT(mc)).to(device)
+    rm_opt = make_optimizer(rm, 3e-4, 0.0, device=device)
+    rm_ids, rm_mask = rand(2 * batch, length), torch.ones(2 * batch, length, dtype=torch.long, device=device)
+
+    def rm_step():
+        with autocast(device):
+            chosen, rejected = rm(rm_ids, rm_mask).chunk(2)
+        reward.bradley_terry_loss(chosen, rejected).mean().backward()
+        rm_opt.step()
+        rm_opt.zero_grad(set_to_none=True)
+    steps["rm"] = (rm_step, 2 * batch * length)
+
+    policy = GPT(mc).to(device)
+    dpo_opt = make_optimizer(policy, 5e-5, 0.0, device=device)
+    dpo_ids = rand(2 * batch, length)
+    dpo_targets = dpo_ids.roll(-1, dims=1)
+    dpo_targets[:, : length // 2] = -100
+    ref_logps = torch.zeros(batch, device=device)  # precomputed once, as in dpo.py
+
+    def dpo_step():
+        with autocast(device):
+            chosen, rejected = dpo.concatenated_logprobs(policy, {"input_ids": dpo_ids, "targets": dpo_targets})
+        dpo.dpo_loss(chosen, rejected, ref_logps, ref_logps, beta=0.5)[0].mean().backward()
+        dpo_opt.step()
+        dpo_opt.zero_grad(set_to_none=True)
+    steps["dpo"] = (dpo_step, 2 * batch * length)
+
+    actor, ref_policy = GPT(mc).to(device), GPT(mc).to(device).requires_grad_(False)
+    critic, scorer = reward.RewardModel(GPT(mc)).to(device), reward.RewardModel(GPT(mc)).to(device).eval()
+    ppo_cfg = ppo.PPOConfig(rollout_batch=batch, minibatch=4, ppo_epochs=4, max_new_tokens=response, device=device)
+    ppo_opts = (make_optimizer(actor, 1e-5, 0.0, device=device), make_optimizer(critic, 1e-5, 0.0, device=device))
+    prompts = rand(batch, prompt).tolist()
+
+    def ppo_step():
+        with torch.no_grad(), autocast(device):
+            gen = generate(actor, prompts, response, temperature=ppo_cfg.temperature)  # no stop id: 32 tokens
+            P, ids, mask = gen.prompt_width, gen.tokens, gen.attention_mask
+            logprobs, _ = response_logprobs(actor, ids, mask, P, ppo_cfg.temperature)
+            ref_logprobs, _ = response_logprobs(ref_policy, ids, mask, P, ppo_cfg.temperature)
+            values = critic.token_values(ids, mask)[:, P - 1:-1]
+            scores = scorer(ids, mask).float()
+        rollout = {"ids": ids, "attention_mask": mask, "prompt_width": P, "response_mask": mask[:, P:].float(),
+                   "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values, "scores": scores}
+        advantages, returns, _ = ppo.rewards_and_advantages(rollout, ppo_cfg.kl_coef, ppo_cfg)
+        ppo.ppo_epochs(actor, critic, ppo_opts, rollout, advantages, returns, ppo_cfg, device,
+                       torch.Generator().manual_seed(cfg.seed))
+    steps["ppo"] = (ppo_step, batch * (prompt + response))
+
+    times = {name: [] for name in steps}
+    for fn, _ in steps.values():  # warm-up
+        fn()
+    for _ in range(cfg.repeats):
+        for name, (fn, _) in steps.items():
+            for _ in range(cfg.steps if name != "ppo" else max(1, cfg.steps // 10)):
+                sync(device)
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                times[name].append(time.perf_counter() - t0)
+    result = {}
+    for name, (_, tokens) in steps.items():
+        median = sorted(times[name])[len(times[name]) // 2]
+        result.update({f"matched_{name}_step_seconds": round(median, 6), f"matched_{name}_tokens_per_s": round(tokens / median),
+                       f"matched_{name}_steps_per_s": round(1 / median, 3)})
+    return result
+
+
 def main(cfg):
     seed_everything(cfg.seed)
     device = str(get_device(cfg.device or None))
     model_cfg = GPTConfig(vocab_size=cfg.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd, rope=True)
     n_params = GPT(model_cfg).num_params()
+    if cfg.matched:
+        result = {"device": device, "threads": torch.get_num_threads(), "params": n_params,
+                  **matched_shapes(cfg, model_cfg, device)}
+        for name, what in (("sft", "SFT step, 16 x 128"), ("rm", "reward-model step, 16 pairs x 128 (32 rows)"),
+                           ("dpo", "DPO step, 16 pairs x 128 (reference precomputed)"),
+                           ("ppo", "PPO iteration, 16 x (96 + 32), 4 epochs")):
+            print(f"{what:50} {result[f'matched_{name}_tokens_per_s']:>9,} tokens/s "
+                  f"{result[f'matched_{name}_steps_per_s']:>8.3f} steps/s")
+        print(json.dumps(result))
+        return result
     peak = matmul_peak(device)
     ours, bare = training_step(cfg, model_cfg, device)
     flops_per_token = 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
