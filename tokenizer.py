@@ -22,6 +22,7 @@ import base64
 import heapq
 import json
 import os
+import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -258,7 +259,14 @@ class Tokenizer:
         saved_cache_dir = os.environ.get("TIKTOKEN_CACHE_DIR")
         os.environ["TIKTOKEN_CACHE_DIR"] = ""
         try:
-            ranks = data_gym_to_mergeable_bpe_ranks(str(merges_path), str(vocab_path))
+            merges_text = read_utf8(merges_path)
+            if not merges_text.endswith("\n"):  # tiktoken drops the last line, thinking it is the empty one
+                with tempfile.TemporaryDirectory() as tmp:
+                    complete = Path(tmp) / merges_path.name
+                    complete.write_text(merges_text + "\n", encoding="utf-8")
+                    ranks = data_gym_to_mergeable_bpe_ranks(str(complete), str(vocab_path))
+            else:
+                ranks = data_gym_to_mergeable_bpe_ranks(str(merges_path), str(vocab_path))
         except AssertionError:  # tiktoken asserts that both files describe the same vocabulary
             raise DataError(f"{merges_path} and {vocab_path} do not describe "
                             "the same vocabulary") from None

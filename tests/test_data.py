@@ -577,3 +577,11 @@ def test_broken_tokenizer_files_name_the_file(tmp_path):
     ranks.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"tokenizer\.tiktoken:6: token or rank \d+ given twice"):
         Tokenizer.load(str(tmp_path / "b"))
+
+
+def test_gpt2_merges_file_without_a_final_newline(tmp_path):
+    encoder = write_fake_gpt2(tmp_path / "gpt2", "merges.txt", "vocab.json")
+    merges = tmp_path / "gpt2" / "merges.txt"
+    merges.write_text(merges.read_text(encoding="utf-8").rstrip("\n"), encoding="utf-8")  # as some editors save it
+    tok = Tokenizer.from_gpt2(tmp_path / "gpt2")
+    assert tok.encode(" w") == [encoder["Ġw"]]  # the last merge is kept
