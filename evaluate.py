@@ -113,15 +113,19 @@ def harm_rates(examples, answers, prefix):
     return rates
 
 
+def grade_answers(examples, answers):
+    """Per answer: (correct [0/1], gold [float]), by tasks.is_correct and the gold grader tasks.grade."""
+    correct = [float(tasks.is_correct(ex, a.text, a.ended)) for ex, a in zip(examples, answers)]
+    return correct, [tasks.grade(ex, a.text, a.ended) for ex, a in zip(examples, answers)]
+
+
 def summarise(split, examples, answers):
     """The metrics of one split's answers, graded by the gold grader (the keys: see `evaluate`)."""
     by_family, by_difficulty = defaultdict(list), defaultdict(list)
-    golds, correct = [], []
-    for ex, answer in zip(examples, answers):
-        golds.append(tasks.grade(ex, answer.text, answer.ended))
-        correct.append(float(tasks.is_correct(ex, answer.text, answer.ended)))
-        by_family[ex.family].append(correct[-1])
-        by_difficulty[ex.difficulty].append(correct[-1])
+    correct, golds = grade_answers(examples, answers)
+    for ex, c in zip(examples, correct):
+        by_family[ex.family].append(c)
+        by_difficulty[ex.difficulty].append(c)
     results = {f"{split}/accuracy": sum(correct) / len(correct),
                f"{split}/gold": sum(golds) / len(golds),
                f"{split}/length": sum(a.n_tokens for a in answers) / len(answers),

@@ -171,6 +171,13 @@ def gold_agreement(diff, pairs):
     return results
 
 
+def score_differences(rm, tok, pairs):
+    """(rm's score of each pair's chosen answer minus its rejected one's (N,), all 2N scores)."""
+    scores = score_responses(rm, tok, [p["prompt"] for p in pairs] * 2,
+                             [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
+    return scores[:len(pairs)] - scores[len(pairs):], scores
+
+
 @torch.no_grad()
 def logprob_differences(policy, tok, pairs, batch_size=128):
     """log p(chosen + <|end|> | prompt) - log p(rejected + <|end|> | prompt) under the SFT model, (N,)."""
@@ -198,9 +205,7 @@ def baselines(policy, tok, pairs, rm_at_init=None):
     diffs = {"sft_logprob": logprob_differences(policy, tok, pairs),
              "shorter": torch.tensor([float(r - c) for c, r in lengths])}
     if rm_at_init is not None:
-        scores = score_responses(rm_at_init, tok, [q["prompt"] for q in pairs] * 2,
-                                 [q["chosen"] for q in pairs] + [q["rejected"] for q in pairs])
-        diffs["rm_init"] = scores[:len(pairs)] - scores[len(pairs):]
+        diffs["rm_init"] = score_differences(rm_at_init, tok, pairs)[0]
     return {f"baseline/{name}/{k}": v for name, diff in diffs.items() for k, v in gold_agreement(diff, pairs).items()}
 
 

@@ -30,7 +30,7 @@ import rlaif
 import sft
 import tasks
 from common import cli, format_seconds, seed_everything
-from evaluate import (bon_respond, bootstrap_interval, eval_sets, evaluate_policy, harm_rates, harm_sets,
+from evaluate import (bon_respond, bootstrap_interval, eval_sets, evaluate_policy, grade_answers, harm_rates, harm_sets,
                       kl_to_reference, respond, score_responses, wilson_interval)
 from model import get_device, load_checkpoint, load_policy
 from tokenizer import Tokenizer
@@ -84,9 +84,7 @@ class ReportConfig:
 
 def grades(sets, answers):
     """{split: {"correct": [0/1], "gold": [float]}} of answers {split: [Answer]} to the examples of sets."""
-    return {split: {"correct": [float(tasks.is_correct(ex, a.text, a.ended)) for ex, a in zip(sets[split], answers[split])],
-                    "gold": [tasks.grade(ex, a.text, a.ended) for ex, a in zip(sets[split], answers[split])]}
-            for split in sets}
+    return {split: dict(zip(("correct", "gold"), grade_answers(sets[split], answers[split]))) for split in sets}
 
 
 def gold_values(g):
@@ -130,8 +128,8 @@ def paired_differences(graded, sft_graded, n_boot):
 
 
 def model_row(model, tok, sets, rm, ref, cfg, gen):
-    """One policy, greedy and sampled: (row, graded). evaluate.evaluate_policy on the same prompts, the
-    KL to SFT at both KL_TEMPERATURES."""
+    """One policy, greedy and sampled: (row, graded). evaluate.evaluate_policy on the same prompts, and
+    the KL to SFT at the sampling temperature (PPO's) and at 1.0."""
     answers = {}
     results = evaluate_policy(model, tok, sets, ref, rm, cfg.sample_temperature, cfg.max_new_tokens, cfg.seed, gen,
                               kl_temperature=cfg.sample_temperature, answers_out=answers)

@@ -221,17 +221,9 @@ def load_reward_model(path, device="cpu"):
 # How well it learned: held-out pairs against the labels and the gold rule
 
 
-def score_differences(rm, tok, pairs):
-    """rm's score of each pair's chosen answer minus its rejected one's, (N,)."""
-    n = len(pairs)
-    scores = score_responses(rm, tok, [p["prompt"] for p in pairs] * 2, [p["chosen"] for p in pairs] +
-                             [p["rejected"] for p in pairs])
-    return scores[:n] - scores[n:], scores
-
-
 def evaluate_reward(rm, tok, pairs):
     """Accuracy against the labels, accuracy against the gold rule (pairs it ranks, and per family), margin, spread."""
-    diff, scores = score_differences(rm, tok, pairs)
+    diff, scores = preferences.score_differences(rm, tok, pairs)
     results = {"accuracy": (diff > 0).float().mean().item(), "margin": diff.mean().item(),
                "score_mean": scores.mean().item(), "score_std": scores.std().item()}
     if pairs and "gold_chosen" in pairs[0]:

@@ -8,6 +8,7 @@ import pytest
 
 import dpo
 import pipeline
+import report
 import ppo
 import pretrain
 import reward
@@ -120,3 +121,18 @@ def test_an_interrupted_stage_restarts_cleanly(quick_run, monkeypatch, tmp_path)
 def test_fresh_and_unknown_preset(tmp_path):
     with pytest.raises(ValueError, match="unknown preset"):
         pipeline.main(pipeline.PipelineConfig(preset="huge", runs_dir=str(tmp_path)))
+
+
+def test_report_py_remakes_the_card_of_a_finished_run_and_writes_the_readme_block(quick_run, tmp_path):
+    runs, result, _ = quick_run
+    shutil.copytree(runs / "q", tmp_path / "q")
+    cfg = report.ReportConfig(runs_dir=str(tmp_path), name="q", device="cpu", rlaif=True,
+                              **pipeline.PRESETS["quick"]["report"])
+    report.main(cfg)  # evaluates every model again, from the run folder alone
+    again = json.loads((tmp_path / "q" / "report.json").read_text())
+    assert again["models"] == result["models"]  # the same figures as the pipeline's own card
+    assert set(again["stage_seconds"]) == set(result["stage_seconds"])  # read back from the stages' done.json
+    readme = tmp_path / "README.md"
+    readme.write_text(f"top\n{report.README_START}\n{report.README_END}\n")
+    report.main(report.ReportConfig(runs_dir=str(tmp_path), name="q", readme=str(readme)))
+    assert "| sft |" in readme.read_text() and readme.read_text().startswith("top\n")

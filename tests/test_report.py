@@ -89,11 +89,14 @@ def quick_report(**changes):
 
 
 def test_the_card_shows_intervals_and_marks_significant_differences():
-    text = report.report_markdown(quick_report())
+    card = quick_report()
+    card["models"]["ppo"]["vs_sft"]["greedy/gold"] = {"diff": 0.2, "interval": [0.1, 0.3], "significant": True}
+    text = report.report_markdown(card)
     assert "| sft | 50.0% (" in text  # an accuracy with its interval
     assert "heldout_task (zero-shot, unseen tasks)" in text
     ppo_diff = next(line for line in text.splitlines() if line.startswith("| ppo | +"))
-    assert "+50.0 (" in ppo_diff and ppo_diff.count("*") >= 0
+    assert "| +0.200 (+0.100, +0.300) * |" in ppo_diff  # significant: marked
+    assert "| +0.0 (-10.0, +10.0) |" in ppo_diff  # heldout_phrasing: its interval holds 0, no mark
     assert "KL to SFT (T=0.7) | KL to SFT (T=1.0)" in text and "| 0.250 | 0.500 |" in text
 
 
