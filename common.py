@@ -196,6 +196,20 @@ def lr_at(step, max_steps, lr, warmup_steps, min_lr_frac=0.1):
     return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def epoch_batch(n, batch_size, step, seed):
+    """Indices of batch `step` when every epoch visits each of n items once, in its own random order
+    (seeded by seed + epoch). A batch that crosses an epoch's end takes the rest from the next epoch's
+    order, so no item comes twice before every item has come once. A function of (step, seed): a resumed
+    run sees the same batches."""
+    picks, orders = [], {}
+    for i in range(step * batch_size, (step + 1) * batch_size):
+        epoch, j = divmod(i, n)
+        if epoch not in orders:
+            orders[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        picks.append(orders[epoch][j])
+    return picks
+
+
 def format_seconds(s):
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -61,6 +61,14 @@ def _check_message(index: int, message) -> None:
                          f"got {type(message.get('content')).__name__}")
 
 
+def _turn(tokenizer, message: dict, mask_prompt: bool = True) -> tuple[list[int], list[int]]:
+    """One message in the template, <|role|> content <|end|>, and its loss mask."""
+    content_ids = encode_content(tokenizer, message["content"])
+    supervised = int(message["role"] == "assistant" or not mask_prompt)
+    return ([tokenizer.role_ids[message["role"]]] + content_ids + [tokenizer.end_id],
+            [int(not mask_prompt)] + [supervised] * (len(content_ids) + 1))
+
+
 def render_chat(tokenizer, messages: list[dict],
                 mask_prompt: bool = True) -> tuple[list[int], list[int]]:
     """Render a conversation to (ids, loss_mask), two lists of the same length.
@@ -72,20 +80,112 @@ def render_chat(tokenizer, messages: list[dict],
     ids, loss_mask = [tokenizer.bos_id], [0]
     for index, message in enumerate(messages):
         _check_message(index, message)
-        content_ids = encode_content(tokenizer, message["content"])
-        supervised = int(message["role"] == "assistant" or not mask_prompt)
-        ids += [tokenizer.role_ids[message["role"]]] + content_ids + [tokenizer.end_id]
-        loss_mask += [int(not mask_prompt)] + [supervised] * (len(content_ids) + 1)
+        turn_ids, turn_mask = _turn(tokenizer, message, mask_prompt)
+        ids, loss_mask = ids + turn_ids, loss_mask + turn_mask
     return ids, loss_mask
+
+
+# The truncation rule, one for every stage (SFT, the reward model, DPO, and prompts for generation).
+# A row is a context (the conversation so far) followed by a final turn: the assistant answer that
+# is trained on or scored, or the open <|assistant|> marker of a prompt. When a row is longer than
+# max_len tokens:
+#   1. the final turn is kept whole when it fits with at least a quarter of the window of context
+#      (all of the context when that is shorter);
+#   2. the context loses its oldest turns first, whole turns, but never the last one (the question);
+#   3. the system message goes next: it is kept as long as the question and the answer fit with it;
+#   4. then the question loses its start, token by token; <|bos|> is always kept;
+#   5. a longer answer loses its end, and the context keeps that quarter: a question is never dropped
+#      whole for its answer.
+# Several answers to one prompt (a preference pair, a reward model's K answers) share ONE cut
+# context, sized by the longest answer, as the DPO reference code and TRL do: chosen and rejected are
+# then always judged after the same prompt. Every assistant turn that survives keeps its loss mask,
+# so multi-turn SFT trains on each of them.
+
+
+def _cut_context(tokenizer, messages: list[dict], budget: int, mask_prompt: bool) -> tuple[list[int], list[int]]:
+    """<|bos|> and the turns of `messages` in at most `budget` (>= 1) tokens, by steps 2-4 of the rule."""
+    turns = [_turn(tokenizer, message, mask_prompt) for message in messages]
+    system = turns[:1] if messages and messages[0]["role"] == "system" else []
+    rest = turns[len(system):]
+
+    def size(kept):
+        return 1 + sum(len(ids) for ids, _ in kept)
+
+    while len(rest) > 1 and size(system + rest) > budget:
+        rest = rest[1:]  # 2. the oldest turn, whole
+    if size(system + rest) > budget:
+        system = []  # 3. the system message
+    ids = [token for turn_ids, _ in system + rest for token in turn_ids]
+    mask = [m for _, turn_mask in system + rest for m in turn_mask]
+    cut = max(len(ids) - (budget - 1), 0)  # 4. the question's start, token by token, after <|bos|>
+    return [tokenizer.bos_id] + ids[cut:], [0] + mask[cut:]
+
+
+def fit_rows(tokenizer, context: list[dict], finals: list[tuple[list[int], list[int]]], max_len: int,
+             mask_prompt: bool = True) -> tuple[list[tuple[list[int], list[int]]], bool, int]:
+    """One context and each final turn (ids, loss_mask) -> rows of at most max_len tokens, by the rule above.
+
+    Returns (rows [(ids, loss_mask)], cut: whether any token was dropped, lost: how many supervised
+    tokens (loss_mask 1) the rows lost, earlier answers included).
+    """
+    if max_len < 1:
+        raise ValueError(f"max_len must be at least 1, got {max_len}")
+    for index, message in enumerate(context):
+        _check_message(index, message)
+    full_ids, full_mask = render_chat(tokenizer, context, mask_prompt)
+    longest = max(len(ids) for ids, _ in finals)
+    if len(full_ids) + longest <= max_len:
+        return [(full_ids + ids, full_mask + mask) for ids, mask in finals], False, 0
+    budget = max(max_len - longest, min(len(full_ids), max_len // 4), 1)  # 1 and 5: a quarter for the context
+    ctx_ids, ctx_mask = _cut_context(tokenizer, context, budget, mask_prompt)
+    room = max_len - len(ctx_ids)
+    rows = [(ctx_ids + ids[:room], ctx_mask + mask[:room]) for ids, mask in finals]
+    lost = sum(sum(full_mask) + sum(mask) for _, mask in finals) - sum(sum(mask) for _, mask in rows)
+    return rows, True, lost
+
+
+def fit_chat(tokenizer, messages: list[dict], max_len: int,
+             mask_prompt: bool = True) -> tuple[list[int], list[int], bool, int]:
+    """render_chat cut to at most max_len tokens by the truncation rule: the last message is the final
+    turn when it is the assistant's. Returns (ids, loss_mask, cut, lost supervised tokens)."""
+    if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+        _check_message(len(messages) - 1, messages[-1])
+        context, final = messages[:-1], _turn(tokenizer, messages[-1], mask_prompt)
+    else:  # no answer at the end: the rule with an empty final turn
+        context, final = messages, ([], [])
+    [(ids, loss_mask)], cut, lost = fit_rows(tokenizer, context, [final], max_len, mask_prompt)
+    return ids, loss_mask, cut, lost
+
+
+def cut_summary(fitted, max_len: int) -> str:
+    """Words for a stage's log from fit_chat / fit_rows results (tuples ending in cut, lost)."""
+    cut = [item[-2:] for item in fitted if item[-2]]
+    lost = [n for _, n in cut if n]
+    if not cut:
+        return f"none longer than {max_len} tokens"
+    return (f"{len(cut)} longer than {max_len} tokens were cut by the truncation rule (data.py); "
+            f"{len(lost)} of them lost {sum(lost)} supervised tokens (earlier answers or the end of the last)")
+
+
+def render_responses(tokenizer, prompt: list[dict], responses: list[str], max_len: int | None = None,
+                     ) -> tuple[list[tuple[list[int], list[int]]], bool, int]:
+    """Rows prompt + each response + <|end|> with its loss mask, sharing one cut prompt when longer than
+    max_len (the truncation rule): what DPO trains on and a reward model reads.
+    Returns (rows [(ids, loss_mask)], cut, lost supervised tokens)."""
+    finals = [_turn(tokenizer, {"role": "assistant", "content": text}) for text in responses]
+    if max_len is None:
+        full_ids, full_mask = render_chat(tokenizer, prompt)
+        return [(full_ids + ids, full_mask + mask) for ids, mask in finals], False, 0
+    return fit_rows(tokenizer, prompt, finals, max_len)
 
 
 def render_prompt(tokenizer, messages: list[dict], max_len: int | None = None) -> list[int]:
     """Render `messages` and open an assistant turn: the input for generation.
 
-    With max_len, only the last max_len tokens are kept: a prompt longer than max_len loses its start."""
-    ids, _ = render_chat(tokenizer, messages)
-    ids = ids + [tokenizer.assistant_id]
-    return ids[-max_len:] if max_len else ids
+    With max_len, a longer prompt is cut by the truncation rule (its oldest turns first)."""
+    if max_len is None:
+        return render_chat(tokenizer, messages)[0] + [tokenizer.assistant_id]
+    return fit_rows(tokenizer, messages, [([tokenizer.assistant_id], [0])], max_len)[0][0][0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,6 +265,5 @@ def pad_rows(rows, pad_id, side="right"):
 
 def render_response(tokenizer, prompt, response, max_len=None):
     """Token ids of prompt + assistant response, ending with <|end|>: what a reward model reads.
-    Longer than max_len: the prompt's start is cut, the response kept (truncate)."""
-    ids, loss_mask = render_chat(tokenizer, prompt + [{"role": "assistant", "content": response}])
-    return truncate(ids, loss_mask, max_len)[0] if max_len else ids
+    Longer than max_len: cut by the truncation rule (render_responses with one response)."""
+    return render_responses(tokenizer, prompt, [response], max_len)[0][0][0]

@@ -39,8 +39,8 @@ import torch.nn.functional as F
 
 import preferences
 import tasks
-from common import cleanup_distributed, cli, fit, rank0_first, seed_everything, setup_distributed
-from data import collate, render_chat
+from common import cleanup_distributed, cli, epoch_batch, fit, rank0_first, seed_everything, setup_distributed
+from data import collate, cut_summary, render_responses
 from evaluate import eval_sets, evaluate_policy
 from model import IGNORE_INDEX, autocast, load_policy, logprobs_from_logits
 from tokenizer import Tokenizer
@@ -54,6 +54,8 @@ class DPOConfig:
     """SFT checkpoint: the start of the policy and the frozen reference (default: <out_dir>/sft/model.pt)"""
     data_file: str = ""
     """your preference JSONL instead of <out_dir>/preferences/ (world-based metrics are then skipped)"""
+    strict: bool = False
+    """refuse the data file at its first bad record (default: skip bad records with a file:line warning)"""
     world_seed: int = 0
     """seed of the built-in world"""
     beta: float = 0.5
@@ -157,10 +159,16 @@ def sequence_logprobs(logits, targets, loss_mask):
 # Data and the concatenated forward pass
 
 
-def tokenize_pairs(tok, pairs):
-    """Each pair -> ((chosen ids, loss mask), (rejected ids, loss mask)), rendered by data.render_chat."""
-    return [tuple(render_chat(tok, p["prompt"] + [{"role": "assistant", "content": p[key]}])
-                  for key in ("chosen", "rejected")) for p in pairs]
+def fit_pairs(tok, pairs, max_len=None):
+    """Each pair -> ([chosen (ids, loss mask), rejected (ids, loss mask)], cut, lost supervised tokens):
+    rows of at most max_len tokens that share ONE cut prompt (data.render_responses), so that chosen and
+    rejected are always compared after the same context."""
+    return [render_responses(tok, p["prompt"], [p["chosen"], p["rejected"]], max_len) for p in pairs]
+
+
+def tokenize_pairs(tok, pairs, max_len=None):
+    """Each pair -> ((chosen ids, loss mask), (rejected ids, loss mask)), cut as fit_pairs does."""
+    return [tuple(rows) for rows, _, _ in fit_pairs(tok, pairs, max_len)]
 
 
 def collate_pairs(examples, pad_id, max_len):
@@ -253,20 +261,20 @@ def train(cfg):
     max_len = min(cfg.max_len, policy.config.block_size)
 
     train_pairs, heldout_pairs = rank0_first(  # the user's file, else <out_dir>/preferences/ (made if missing)
-        lambda: preferences.load_pairs(cfg.out_dir, cfg.data_file, cfg.seed, cfg.init, cfg.world_seed, device))
-    train_examples, heldout_examples = tokenize_pairs(tok, train_pairs), tokenize_pairs(tok, heldout_pairs)
+        lambda: preferences.load_pairs(cfg.out_dir, cfg.data_file, cfg.seed, cfg.init, cfg.world_seed, device,
+                                         cfg.strict))
+    fitted = fit_pairs(tok, train_pairs, max_len + 1)  # max_len + 1 tokens make max_len inputs (collate)
+    train_examples, heldout_examples = [tuple(rows) for rows, _, _ in fitted], tokenize_pairs(tok, heldout_pairs, max_len + 1)
     # computed once: (chosen, rejected) sequence logprobs of the frozen reference
     ref_train = pair_logprobs(ref, train_examples, tok.pad_id, max_len, cfg.score_batch_size)
     ref_heldout = pair_logprobs(ref, heldout_examples, tok.pad_id, max_len, cfg.score_batch_size)
     if not cfg.quiet and rank == 0:
-        print(f"dpo: {len(train_pairs)} train pairs, {len(heldout_pairs)} held out; reference logprobs "
-              f"computed ({time.time() - t0:.0f}s)")
+        print(f"dpo: {len(train_pairs)} train pairs ({cut_summary(fitted, max_len + 1)}), {len(heldout_pairs)} "
+              f"held out; reference logprobs computed ({time.time() - t0:.0f}s)")
     cfg = replace(cfg, max_steps=cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train_examples) / cfg.batch_size)))
 
     def next_batch(step):  # a function of the step: a resumed run sees the same batches
-        epoch, start = divmod(step * cfg.batch_size, len(train_examples))
-        order = torch.randperm(len(train_examples), generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        step_picks = [order[i % len(train_examples)].item() for i in range(start, start + cfg.batch_size)]
+        step_picks = epoch_batch(len(train_examples), cfg.batch_size, step, cfg.seed)
         batches = []
         for k in range(cfg.grad_accum):  # the step's pairs in grad_accum micro-batches
             picks = step_picks[k::cfg.grad_accum]

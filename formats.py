@@ -1,8 +1,10 @@
 """
 formats.py: reading and writing the usual instruction, preference and text files.
 
-A conversation is a list of {"role", "content"} dicts (roles: data.ROLES). Every problem raises
-`DataError` with `file:line: problem` (line numbers 1-based).
+A conversation is a list of {"role", "content"} dicts (roles: data.ROLES). Every problem is reported
+as `file:line: problem` (line numbers 1-based). A record that cannot be read is skipped with a warning
+and counted, so a few odd records never refuse a whole file; strict=True (`--strict` in the stages)
+makes the first one a `DataError` instead. A file that cannot be read at all is always a DataError.
 
   load_alpaca(path)                   Alpaca JSON: a list of {instruction, input, output}
   load_chat_jsonl(path)               {"messages": [{"role", "content"}, ...]} per line
@@ -14,6 +16,7 @@ A conversation is a list of {"role", "content"} dicts (roles: data.ROLES). Every
 """
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -45,25 +48,49 @@ def _json_type(value) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _read_jsonl(path) -> list[tuple[int, dict]]:
-    """(line number, record) for each non-blank line of a JSONL file."""
+def _read_jsonl(path) -> list[tuple[int, object]]:
+    """(line number, record) for each non-blank line of a JSONL file; a line that is not a JSON object
+    gives (line number, DataError) for the loader to skip or raise (see `_parse_records`)."""
     records = []
     # split("\n"), not splitlines(): a JSON string may hold a raw U+2028, which splitlines splits on
     for line_no, line in enumerate(read_utf8(path).split("\n"), start=1):
         if not line.strip():
             continue
+        where = f"{path}:{line_no}"
         try:
             record = json.loads(line)
+            if not isinstance(record, dict):
+                record = DataError(f"{where}: expected a JSON object, got a {_json_type(record)}")
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{line_no}: invalid JSON ({e.msg}, column {e.colno})") from None
+            record = DataError(f"{where}: invalid JSON ({e.msg}, column {e.colno})")
         except RecursionError:  # [[[[...]]]] nested thousands deep: Python's parser gives up
-            raise DataError(f"{path}:{line_no}: JSON nested too deeply") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{line_no}: expected a JSON object, got a {_json_type(record)}")
+            record = DataError(f"{where}: JSON nested too deeply")
         records.append((line_no, record))
     if not records:
         raise DataError(f"{path}: empty file (no records)")
     return records
+
+
+def _parse_records(path, records, parse, strict: bool) -> list:
+    """parse(record, "file:line") for each (line, record); a record it refuses (DataError) is skipped
+    with a warning, or raised when strict. Warns once with the count; refuses a file with nothing left."""
+    parsed, skipped = [], []
+    for line_no, record in records:
+        try:
+            if isinstance(record, DataError):
+                raise record
+            parsed.append(parse(record, f"{path}:{line_no}"))
+        except DataError as e:
+            if strict:
+                raise DataError(f"{e} (strict: no record is skipped)") from None
+            skipped.append(str(e))
+    if skipped:
+        shown = "\n  ".join(skipped[:5]) + (f"\n  ... and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        print(f"warning: {path}: skipped {len(skipped)} of {len(records)} records that cannot be read "
+              f"(strict=True / --strict makes this an error):\n  {shown}")
+    if not parsed:
+        raise DataError(f"{path}: no record could be read; the first problem: {skipped[0]}")
+    return parsed
 
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
@@ -115,7 +142,16 @@ def _field(record: dict, key: str, expected: type | tuple, where: str):
     if not isinstance(value, types):
         wanted = " or ".join(dict.fromkeys({str: "string", list: "list", int: "number", float: "number"}[t] for t in types))
         raise DataError(f'{where}: field "{key}" must be a {wanted}, got a {_json_type(value)}')
+    if isinstance(value, str):
+        _check_text(value, where, key)
     return value
+
+
+def _check_text(text: str, where: str, key: str) -> None:
+    """Text holds no NUL: a NUL means a binary or corrupt record. Other control characters are
+    kept: they are text, and byte-level BPE encodes every byte."""
+    if "\x00" in text:
+        raise DataError(f'{where}: "{key}" holds a NUL character (\\u0000): a binary or corrupt record')
 
 
 def _messages(value: list, where: str, key: str) -> list[dict]:
@@ -144,73 +180,67 @@ def _split_answer(messages: list[dict], where: str, key: str) -> tuple[list[dict
     return messages[:-1], messages[-1]["content"]
 
 
-def load_alpaca(path) -> list[list[dict]]:
+def _alpaca(item, where: str) -> list[dict]:
+    if not isinstance(item, dict):
+        raise DataError(f"{where}: expected a JSON object, got a {_json_type(item)}")
+    instruction = _field(item, "instruction", str, where)
+    extra_input = item.get("input", "")
+    extra_input = "" if extra_input is None else extra_input  # null: no input, as an empty string is
+    if not isinstance(extra_input, str):
+        raise DataError(f'{where}: field "input" must be a string, got a {_json_type(extra_input)}')
+    _check_text(extra_input, where, "input")
+    output = _field(item, "output", str, where)
+    _check_response(output, where, "output")
+    user = instruction + "\n\n" + extra_input if extra_input.strip() else instruction
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+
+
+def _chat(record: dict, where: str) -> list[dict]:
+    messages = _messages(_field(record, "messages", list, where), where, "messages")
+    if not any(message["role"] == "user" for message in messages):
+        raise DataError(f'{where}: "messages" has no user message')
+    _check_response(_split_answer(messages, where, "messages")[1], where, "messages")
+    return messages
+
+
+def _prompt_completion(record: dict, where: str) -> list[dict]:
+    prompt = _field(record, "prompt", str, where)
+    completion = _field(record, "completion", str, where)
+    _check_response(completion, where, "completion")
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+
+
+def load_alpaca(path, strict: bool = False) -> list[list[dict]]:
     """Alpaca JSON: a list of {"instruction", "input" (optional, may be empty), "output"}."""
-    conversations = []
-    for line_no, item in _read_json_list(path):
-        where = f"{path}:{line_no}"
-        if not isinstance(item, dict):
-            raise DataError(f"{where}: expected a JSON object, got a {_json_type(item)}")
-        instruction = _field(item, "instruction", str, where)
-        extra_input = item.get("input", "")
-        extra_input = "" if extra_input is None else extra_input  # null: no input, as an empty string is
-        if not isinstance(extra_input, str):
-            raise DataError(f'{where}: field "input" must be a string, got a {_json_type(extra_input)}')
-        output = _field(item, "output", str, where)
-        _check_response(output, where, "output")
-        user = instruction + "\n\n" + extra_input if extra_input.strip() else instruction
-        conversations.append([{"role": "user", "content": user},
-                              {"role": "assistant", "content": output}])
-    return conversations
+    return _parse_records(path, _read_json_list(path), _alpaca, strict)
 
 
-def _chats(path, records) -> list[list[dict]]:
-    conversations = []
-    for line_no, record in records:
-        where = f"{path}:{line_no}"
-        messages = _messages(_field(record, "messages", list, where), where, "messages")
-        if not any(message["role"] == "user" for message in messages):
-            raise DataError(f'{where}: "messages" has no user message')
-        _check_response(_split_answer(messages, where, "messages")[1], where, "messages")
-        conversations.append(messages)
-    return conversations
-
-
-def _prompt_completions(path, records) -> list[list[dict]]:
-    conversations = []
-    for line_no, record in records:
-        where = f"{path}:{line_no}"
-        prompt = _field(record, "prompt", str, where)
-        completion = _field(record, "completion", str, where)
-        _check_response(completion, where, "completion")
-        conversations.append([{"role": "user", "content": prompt},
-                              {"role": "assistant", "content": completion}])
-    return conversations
-
-
-def load_chat_jsonl(path) -> list[list[dict]]:
+def load_chat_jsonl(path, strict: bool = False) -> list[list[dict]]:
     """Chat JSONL: {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}."""
-    return _chats(path, _read_jsonl(path))
+    return _parse_records(path, _read_jsonl(path), _chat, strict)
 
 
-def load_prompt_completion_jsonl(path) -> list[list[dict]]:
+def load_prompt_completion_jsonl(path, strict: bool = False) -> list[list[dict]]:
     """Prompt/completion JSONL: {"prompt": str, "completion": str} -> [user, assistant]."""
-    return _prompt_completions(path, _read_jsonl(path))
+    return _parse_records(path, _read_jsonl(path), _prompt_completion, strict)
 
 
-def load_sft_file(path) -> list[list[dict]]:
-    """Any SFT file: .json is Alpaca; for .jsonl the first record's fields tell the format."""
+def load_sft_file(path, strict: bool = False) -> list[list[dict]]:
+    """Any SFT file: .json is Alpaca; for .jsonl the first record that is a JSON object tells the format."""
     if Path(path).suffix.lower() == ".json":
-        return load_alpaca(path)
+        return load_alpaca(path, strict)
     if Path(path).suffix.lower() != ".jsonl":
         raise DataError(f"{path}: unknown file type; expected .json (Alpaca) "
                         "or .jsonl (chat or prompt/completion)")
     records = _read_jsonl(path)
-    line_no, first = records[0]
+    readable = [(line_no, record) for line_no, record in records if isinstance(record, dict)]
+    if not readable:
+        return _parse_records(path, records, _chat, strict)  # every line is a problem: say which
+    line_no, first = readable[0]
     if "messages" in first:
-        return _chats(path, records)
+        return _parse_records(path, records, _chat, strict)
     if "prompt" in first and "completion" in first:
-        return _prompt_completions(path, records)
+        return _parse_records(path, records, _prompt_completion, strict)
     raise DataError(f'{path}:{line_no}: unknown format: expected a "messages" field (chat) '
                     f'or "prompt" and "completion" fields, got {sorted(first)}')
 
@@ -240,26 +270,45 @@ def _preference(record: dict, where: str) -> dict:
                     raise DataError(f'{where}: the messages before the answer in "{key}" differ from "prompt"')
             answers.append(answer)
     else:  # implicit prompt: the shared prefix of two message lists or two HH transcripts
+        values = [_field(record, key, (str, list), where) for key in ("chosen", "rejected")]
+        if all(isinstance(value, str) for value in values):
+            return _with_world_fields(record, where, *_split_hh_pair(*values, where))
         splits = []
-        for key in ("chosen", "rejected"):
-            value = _field(record, key, (str, list), where)
-            if isinstance(value, str):
-                messages = _parse_hh(value, where, key)
-            else:
-                messages = _messages(value, where, key)
+        for key, value in zip(("chosen", "rejected"), values):
+            messages = _parse_hh(value, where, key) if isinstance(value, str) else _messages(value, where, key)
             splits.append(_split_answer(messages, where, key))
         (prompt, chosen), (rejected_prompt, rejected) = splits
         if prompt != rejected_prompt:
             raise DataError(f'{where}: "chosen" and "rejected" have different prompts '
                             "(all messages before the final assistant answer must be the same)")
         answers = [chosen, rejected]
+    return _with_world_fields(record, where, prompt, *answers)
+
+
+def _split_hh_pair(chosen: str, rejected: str, where: str) -> tuple[list[dict], str, str]:
+    """(prompt, chosen answer, rejected answer) of two HH-RLHF transcripts. The prompt is the text the two
+    share, up to its last "\n\nAssistant:" marker: an answer that itself holds "\n\nHuman:" stays whole."""
+    marker = "\n\nAssistant:"
+    shared = os.path.commonprefix([chosen, rejected])
+    cut = shared.rfind(marker)
+    if cut < 0:
+        raise DataError(f'{where}: "chosen" and "rejected" are not "\\n\\nHuman: ...\\n\\nAssistant: ..." '
+                        "transcripts with a shared prompt")
+    cut += len(marker)
+    prompt = _parse_hh(chosen[:cut], where, "chosen")[:-1]  # the last message: the empty answer to come
+    return prompt, chosen[cut:].removeprefix(" "), rejected[cut:].removeprefix(" ")
+
+
+def _with_world_fields(record: dict, where: str, prompt: list[dict], chosen: str, rejected: str) -> dict:
+    """The checked pair {"prompt", "chosen", "rejected"} and the record's WORLD_FIELDS."""
     if not prompt or prompt[-1]["role"] != "user":
         raise DataError(f'{where}: the prompt must end with a user message')
-    for key, answer in zip(("chosen", "rejected"), answers):
+    for key, answer in (("chosen", chosen), ("rejected", rejected)):
         _check_response(answer, where, key)
-    if answers[0] == answers[1]:
+        _check_text(answer, where, key)
+    if chosen == rejected:
         raise DataError(f'{where}: "chosen" and "rejected" are the same answer: the pair says nothing')
-    pref = {"prompt": prompt, "chosen": answers[0], "rejected": answers[1]}
+    pref = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     for key, kind in WORLD_FIELDS.items():  # the built-in world's pairs carry their gold scores
         if key in record:
             pref[key] = _field(record, key, kind, where)
@@ -271,15 +320,15 @@ def _preference(record: dict, where: str) -> dict:
 WORLD_FIELDS = {"family": str, "gold_chosen": (int, float), "gold_rejected": (int, float)}
 
 
-def load_preferences_jsonl(path) -> list[dict]:
+def load_preferences_jsonl(path, strict: bool = False) -> list[dict]:
     """Preference JSONL -> [{"prompt": messages, "chosen": str, "rejected": str}, ...].
 
     Accepted per line: {"prompt", "chosen", "rejected"} with a string or message-list prompt and
     string or message-list answers; or {"chosen", "rejected"} alone, as message lists or as
-    HH-RLHF transcripts, whose prompt is everything before the final assistant answer. The optional
+    HH-RLHF transcripts, whose prompt is the text the two share up to the last "Assistant:". The optional
     WORLD_FIELDS are kept when present.
     """
-    return [_preference(record, f"{path}:{line_no}") for line_no, record in _read_jsonl(path)]
+    return _parse_records(path, _read_jsonl(path), _preference, strict)
 
 
 def write_jsonl(path, records: list[dict]) -> None:

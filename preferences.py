@@ -30,7 +30,7 @@ import torch
 
 import tasks
 from common import cli, seed_everything
-from data import encode_content, pad_rows, render_response
+from data import encode_content, pad_rows, render_responses
 from evaluate import respond, score_responses
 from formats import load_preferences_jsonl, write_preferences_jsonl
 from model import get_device, load_policy, logprobs
@@ -47,6 +47,8 @@ class PreferenceConfig:
     """the policy that samples the answers (default: <out_dir>/sft/model.pt)"""
     data_file: str = ""
     """your preference JSONL instead of the built-in world: 10% of its pairs are held out"""
+    strict: bool = False
+    """refuse the data file at its first bad record (default: skip bad records with a file:line warning)"""
     model_free: bool = False
     """built-in pairs from demonstrations (clean > wordy > mistake) instead of samples of the SFT model"""
     world_seed: int = 0
@@ -136,9 +138,10 @@ def modelfree_preferences(examples, rng):
     return pairs
 
 
-def split_file(path, seed, heldout_frac=0.1):
-    """(train pairs, held-out pairs) of a user's preference file: shuffled with `seed`, 10% held out."""
-    pairs = load_preferences_jsonl(path)
+def split_file(path, seed, heldout_frac=0.1, strict=False):
+    """(train pairs, held-out pairs) of a user's preference file: shuffled with `seed`, 10% held out.
+    strict: refuse the file at its first bad record (formats.load_preferences_jsonl)."""
+    pairs = load_preferences_jsonl(path, strict)
     random.Random(seed).shuffle(pairs)
     n_heldout = max(1, int(len(pairs) * heldout_frac))
     return pairs[n_heldout:], pairs[:n_heldout]
@@ -182,17 +185,14 @@ def score_differences(rm, tok, pairs):
 def logprob_differences(policy, tok, pairs, batch_size=128):
     """log p(chosen + <|end|> | prompt) - log p(rejected + <|end|> | prompt) under the SFT model, (N,)."""
     device = next(policy.parameters()).device
-    rows, n_response = [], []
-    for p in pairs:
-        for text in (p["chosen"], p["rejected"]):
-            rows.append(render_response(tok, p["prompt"], text, policy.config.block_size))
-            n_response.append(len(encode_content(tok, text)) + 1)  # the answer's tokens and its <|end|>
+    rows = [row for p in pairs  # chosen and rejected after one shared (cut) prompt
+            for row in render_responses(tok, p["prompt"], [p["chosen"], p["rejected"]], policy.config.block_size)[0]]
     sums = []
     for i in range(0, len(rows), batch_size):
-        ids, mask = pad_rows(rows[i:i + batch_size], tok.pad_id)
-        token_logprobs = logprobs(policy, ids.to(device), mask.to(device)).float().cpu()  # (B, T-1)
-        for b, row in enumerate(rows[i:i + batch_size]):  # the last n_response targets of the row
-            sums.append(token_logprobs[b, len(row) - 1 - n_response[i + b]:len(row) - 1].sum().item())
+        ids, mask = pad_rows([ids for ids, _ in rows[i:i + batch_size]], tok.pad_id)
+        answer, _ = pad_rows([loss_mask for _, loss_mask in rows[i:i + batch_size]], 0)  # 1 on answer + <|end|>
+        token_logprobs = logprobs(policy, ids.to(device), mask.to(device)).float().cpu()  # (B, T-1): entry t scores t+1
+        sums += (token_logprobs * answer[:, 1:]).sum(dim=1).tolist()
     return torch.tensor(sums[0::2]) - torch.tensor(sums[1::2])
 
 
@@ -218,11 +218,11 @@ def paths(out_dir):
     return {split: os.path.join(out_dir, "preferences", f"{split}.jsonl") for split in SPLITS}
 
 
-def load_pairs(out_dir, data_file="", seed=1337, init="", world_seed=0, device=""):
+def load_pairs(out_dir, data_file="", seed=1337, init="", world_seed=0, device="", strict=False):
     """(train pairs, held-out pairs) for reward.py and dpo.py: the user's file (split_file), else
     <out_dir>/preferences/, made first with this stage's defaults when it is missing."""
     if data_file:
-        return split_file(data_file, seed)
+        return split_file(data_file, seed, strict=strict)
     if not all(os.path.exists(f) for f in paths(out_dir).values()):
         make_preferences(PreferenceConfig(out_dir=out_dir, init=init, world_seed=world_seed, seed=seed, device=device))
     return load(out_dir)
@@ -288,7 +288,7 @@ def make_preferences(cfg, judge=None):
     t0 = time.time()
     seed_everything(cfg.seed)
     if cfg.data_file:
-        train_pairs, heldout_pairs = split_file(cfg.data_file, cfg.seed)
+        train_pairs, heldout_pairs = split_file(cfg.data_file, cfg.seed, strict=cfg.strict)
     else:
         tok = Tokenizer.load(os.path.join(cfg.out_dir, "tokenizer"))
         train_pairs, heldout_pairs = world_pairs(cfg, tok, judge)

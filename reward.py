@@ -42,8 +42,9 @@ import torch.nn.functional as F
 
 import preferences
 import tasks
-from common import cleanup_distributed, cli, fit, rank0_first, seed_everything, setup_distributed
-from data import pad_rows, render_response
+from common import (cleanup_distributed, cli, epoch_batch, fit, rank0_first, rank_and_world_size, seed_everything,
+                    setup_distributed)
+from data import cut_summary, pad_rows, render_responses
 from evaluate import best_of_n, respond, score_responses
 from model import GPT, GPTConfig, load_policy, load_state, logprobs_from_logits, save_checkpoint
 from tokenizer import Tokenizer
@@ -57,6 +58,8 @@ class RewardConfig:
     """SFT checkpoint that initialises the reward model (default: <out_dir>/sft/model.pt)"""
     data_file: str = ""
     """your preference JSONL instead of <out_dir>/preferences/ (world-based metrics are then skipped)"""
+    strict: bool = False
+    """refuse the data file at its first bad record (default: skip bad records with a file:line warning)"""
     world_seed: int = 0
     """seed of the built-in world (best-of-N prompts)"""
     likelihood: bool = True
@@ -248,11 +251,12 @@ def agreement_table(results):
 # Training
 
 
-def group_by_prompt(tok, pairs, max_len):
+def group_by_prompt(tok, pairs, max_len, cuts=None):
     """[(rows, comparisons)] per prompt: the token rows of its distinct responses, and (chosen, rejected)
     indices into them. InstructGPT (section 3.5) trains all comparisons of a prompt as one batch
     element: shuffled into the dataset, a response seen in K-1 comparisons made the RM overfit. Scoring
-    each response once is also cheaper: with K=4, about 2.3 times fewer rows than two per pair."""
+    each response once is also cheaper: with K=4, about 2.3 times fewer rows than two per pair.
+    cuts: a list that gets (cut, lost supervised tokens) per prompt (data.render_responses), for the log."""
     groups = {}
     for p in pairs:
         texts, comparisons = groups.setdefault(json.dumps(p["prompt"]), ([], []))
@@ -261,21 +265,27 @@ def group_by_prompt(tok, pairs, max_len):
                 texts.append(text)
         comparisons.append((texts.index(p["chosen"]), texts.index(p["rejected"])))
     prompts = {json.dumps(p["prompt"]): p["prompt"] for p in pairs}
-    return [([render_response(tok, prompts[key], text, max_len) for text in texts], comparisons)
-            for key, (texts, comparisons) in groups.items()]
+    result = []
+    for key, (texts, comparisons) in groups.items():  # a prompt's answers share one cut prompt
+        rows, cut, lost = render_responses(tok, prompts[key], texts, max_len)
+        result.append(([ids for ids, _ in rows], comparisons))  # a reward model reads every token: no loss mask
+        if cuts is not None:
+            cuts.append((cut, lost))
+    return result
 
 
 def fit_reward_model(rm, tok, pairs, cfg, ckpt_path, heldout=None, extra=None):
     """Train on pairs [{"prompt", "chosen", "rejected"}] with common.fit. Returns the history.
 
     cfg.max_steps 0: as many steps as cfg.epochs passes over the prompts take (cfg is not changed)."""
-    groups = group_by_prompt(tok, pairs, min(cfg.max_len, rm.config.block_size))
+    cuts = []
+    groups = group_by_prompt(tok, pairs, min(cfg.max_len, rm.config.block_size), cuts)
+    if not cfg.quiet and rank_and_world_size()[0] == 0:
+        print(f"reward: {len(groups)} prompts with their answers; {cut_summary(cuts, min(cfg.max_len, rm.config.block_size))}")
     cfg = replace(cfg, max_steps=cfg.max_steps or max(1, math.ceil(cfg.epochs * len(groups) / cfg.batch_size)))
 
     def next_batch(step):
-        epoch, start = divmod(step * cfg.batch_size, len(groups))
-        order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        picks = [order[i % len(groups)].item() for i in range(start, start + cfg.batch_size)]  # wraps around
+        picks = epoch_batch(len(groups), cfg.batch_size, step, cfg.seed)
         batches = []
         for k in range(cfg.grad_accum):  # the step's prompts in grad_accum micro-batches
             rows, chosen, rejected = [], [], []
@@ -324,7 +334,8 @@ def train(cfg):
     tok = Tokenizer.load(os.path.join(cfg.out_dir, "tokenizer"))
     policy = load_policy(cfg.init or os.path.join(cfg.out_dir, "sft", "model.pt"), device)
     train_pairs, heldout_pairs = rank0_first(  # the user's file, else <out_dir>/preferences/ (made if missing)
-        lambda: preferences.load_pairs(cfg.out_dir, cfg.data_file, cfg.seed, cfg.init, cfg.world_seed, device))
+        lambda: preferences.load_pairs(cfg.out_dir, cfg.data_file, cfg.seed, cfg.init, cfg.world_seed, device,
+                                         cfg.strict))
     world_labels = "gold_chosen" in train_pairs[0]  # pairs of the built-in world carry their gold scores
     say(f"reward: {len(train_pairs)} train pairs, {len(heldout_pairs)} held out")
 

@@ -28,8 +28,8 @@ import torch
 
 import pretrain
 import tasks
-from common import cleanup_distributed, cli, fit, rank_and_world_size, seed_everything, setup_distributed
-from data import IGNORE_INDEX, collate, render_chat
+from common import cleanup_distributed, cli, epoch_batch, fit, rank_and_world_size, seed_everything, setup_distributed
+from data import IGNORE_INDEX, collate, cut_summary, fit_chat
 from evaluate import eval_sets, evaluate, headline
 from formats import load_sft_file
 from model import lm_loss, load_checkpoint
@@ -45,6 +45,8 @@ class SFTConfig:
     """checkpoint to start from (default: <out_dir>/pretrain/model.pt)"""
     data_file: str = ""
     """your SFT data (Alpaca .json, chat .jsonl, prompt/completion .jsonl) instead of the built-in world"""
+    strict: bool = False
+    """refuse the data file at its first bad record (default: skip bad records with a file:line warning)"""
     world_seed: int = 0
     """seed of the built-in world"""
     n_examples: int = 16000
@@ -114,25 +116,25 @@ class SFTConfig:
 def sft_conversations(cfg):
     """The conversations to train on: the user's file, or demonstrations from the built-in world."""
     if cfg.data_file:
-        return load_sft_file(cfg.data_file)
+        return load_sft_file(cfg.data_file, cfg.strict)
     world = tasks.make_world(cfg.world_seed)
     return tasks.sft_conversations(world, cfg.n_examples, seed=cfg.seed, error_rate=cfg.error_rate,
                                    wordy_rate=cfg.wordy_rate, comply_rate=cfg.comply_rate)
 
 
 def length_grouped_batch(lengths, batch_size, group, index, seed):
-    """Example indices of micro-batch `index`: random draws (with replacement), grouped by length.
+    """Example indices of micro-batch `index`: epochs over the examples, batches grouped by length.
 
-    Micro-batches [first, first + group) share one draw of group * batch_size examples, sorted by
-    length and cut into `group` batches taken in a random order, so a batch pads to about its own
-    length. Random batches of the built-in data were 57% padding. (HF Trainer's group_by_length
-    does the same.) A function of (index, seed) only: a resumed run sees the same batches.
-    group=1: plain random batches.
+    Micro-batches [first, first + group) share one draw of group * batch_size examples (the next ones
+    of an epoch's random order, common.epoch_batch: each example once per epoch), sorted by length and
+    cut into `group` batches taken in a random order, so a batch pads to about its own length. Random
+    batches of the built-in data were 57% padding. (HF Trainer's group_by_length does the same.) A
+    function of (index, seed) only: a resumed run sees the same batches. group=1: plain random batches.
     """
     first = index - index % group
-    g = torch.Generator().manual_seed(seed * 100_003 + first)
-    picks = torch.randint(0, len(lengths), (group * batch_size,), generator=g).tolist()
+    picks = epoch_batch(len(lengths), group * batch_size, first // group, seed)
     picks.sort(key=lambda i: lengths[i])
+    g = torch.Generator().manual_seed(seed * 100_003 + first)
     b = torch.randperm(group, generator=g)[index - first].item()  # long and short batches in random order
     return picks[b * batch_size:(b + 1) * batch_size]
 
@@ -159,11 +161,11 @@ def train(cfg):
         ckpt = torch.load(cfg.replay_from, map_location="cpu", weights_only=True)
     replay = replay_stream(tok, ckpt) if cfg.ptx_coef > 0 else None
     max_len = min(cfg.max_len, model.config.block_size)
-    examples = [render_chat(tok, conv, mask_prompt=cfg.mask_prompt) for conv in sft_conversations(cfg)]
-    n_cut = collate(examples, tok.pad_id, max_len)["n_truncated"]
+    # rows of at most max_len + 1 tokens (collate makes max_len inputs of them), cut by data.py's rule
+    fitted = [fit_chat(tok, conv, max_len + 1, cfg.mask_prompt) for conv in sft_conversations(cfg)]
+    examples = [(ids, loss_mask) for ids, loss_mask, _, _ in fitted]
     if not cfg.quiet and rank == 0:
-        print(f"sft: {len(examples)} conversations, {n_cut} truncated to {max_len} tokens "
-              f"(the start of their prompt was cut)")
+        print(f"sft: {len(examples)} conversations; " + cut_summary(fitted, max_len + 1))
 
     lengths = [len(ids) for ids, _ in examples]
 

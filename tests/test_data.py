@@ -2,6 +2,7 @@
 formats.py (loaders)."""
 
 import json
+import os
 import re
 from collections import Counter
 
@@ -10,10 +11,11 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import data
 import formats
 import tokenizer
 import torch
-from data import collate, decode_content, encode_content, render_chat, render_prompt, truncate
+from data import collate, decode_content, encode_content, fit_chat, render_chat, render_prompt, render_responses, truncate
 from formats import DataError
 from model import IGNORE_INDEX
 from tokenizer import Tokenizer
@@ -349,7 +351,7 @@ def test_load_alpaca(tmp_path):
 ])
 def test_load_alpaca_errors(tmp_path, text, message):
     with pytest.raises(DataError, match=message):
-        formats.load_alpaca(write(tmp_path / "alpaca.json", text))
+        formats.load_alpaca(write(tmp_path / "alpaca.json", text), strict=True)
 
 
 def test_load_chat_and_prompt_completion(tmp_path):
@@ -403,12 +405,25 @@ def msgs(*pairs):
      json.dumps({"chosen": msgs(("user", "hi"), ("assistant", "a")), "rejected": msgs(("user", "yo"), ("assistant", "b"))}),
      '"chosen" and "rejected" have different prompts'),
     (formats.load_preferences_jsonl, GOOD_PREF, json.dumps({"chosen": "plain text", "rejected": "more text"}),
-     '"chosen" is not a .*transcript'),
+     '"chosen" and "rejected" are not .*transcripts'),
 ])
 def test_jsonl_errors_name_file_and_line(tmp_path, loader, good, bad, message):
     path = write(tmp_path / "data.jsonl", good + "\n\n" + bad + "\n" + good + "\n")  # bad is line 3
     with pytest.raises(DataError, match=r"data\.jsonl:3: " + message):
-        loader(path)
+        loader(path, strict=True)
+
+
+def test_a_bad_record_is_skipped_with_a_warning_unless_strict(tmp_path, capsys):
+    bad = ['{"messages": [', json.dumps({"messages": msgs(("user", "hi"), ("assistant", " "))})]
+    path = write(tmp_path / "data.jsonl", "\n".join([GOOD_CHAT, bad[0], GOOD_CHAT, bad[1]]) + "\n")
+    assert len(formats.load_chat_jsonl(path)) == 2 == len(formats.load_sft_file(path))
+    out = capsys.readouterr().out
+    assert "data.jsonl: skipped 2 of 4 records" in out and "data.jsonl:2: invalid JSON" in out
+    assert "data.jsonl:4: empty response" in out
+    with pytest.raises(DataError, match=r"data\.jsonl:2: invalid JSON.*strict"):
+        formats.load_chat_jsonl(path, strict=True)
+    with pytest.raises(DataError, match=r"only_bad\.jsonl: no record could be read; the first problem: .*:1: invalid"):
+        formats.load_sft_file(write(tmp_path / "only_bad.jsonl", bad[0] + "\n"))
 
 
 def test_jsonl_empty_file_and_bad_utf8(tmp_path):
@@ -451,11 +466,26 @@ def test_load_preferences_all_forms(tmp_path):
     assert formats.load_preferences_jsonl(tmp_path / "out" / "prefs.jsonl") == prefs
 
 
-def test_hh_mismatched_prefix(tmp_path):
-    line = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Add 2 and 3.\n\nAssistant: 5",
-            "rejected": "\n\nHuman: Hi\n\nAssistant: Hey.\n\nHuman: Add 2 and 3.\n\nAssistant: 6"}
-    with pytest.raises(DataError, match=r"hh\.jsonl:1: .*different prompts"):
-        formats.load_preferences_jsonl(write(tmp_path / "hh.jsonl", json.dumps(line) + "\n"))
+def test_hh_transcripts_split_at_the_prompt_they_share(tmp_path):
+    # the chosen answer itself holds "\n\nHuman:": the two transcripts split at different places, but
+    # they share everything up to the final "\n\nAssistant:", and that is the prompt
+    line = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Add 2 and 3.\n\nAssistant: 5\n\nHuman: thanks",
+            "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Add 2 and 3.\n\nAssistant: 6"}
+    [pair] = formats.load_preferences_jsonl(write(tmp_path / "hh.jsonl", json.dumps(line) + "\n"))
+    assert pair == {"prompt": msgs(("user", "Hi"), ("assistant", "Hello!"), ("user", "Add 2 and 3.")),
+                    "chosen": "5\n\nHuman: thanks", "rejected": "6"}
+    line = {"chosen": "Hi there", "rejected": "Hello there"}  # no transcript at all
+    with pytest.raises(DataError, match=r"hh\.jsonl:1: .*not .*transcripts"):
+        formats.load_preferences_jsonl(write(tmp_path / "hh.jsonl", json.dumps(line) + "\n"), strict=True)
+
+
+def test_nul_is_refused_and_other_control_characters_are_kept(tmp_path):
+    path = write(tmp_path / "c.jsonl", json.dumps({"prompt": "tab\there\x07", "completion": "ok\x1b[0m"}) + "\n"
+                 + json.dumps({"prompt": "a\x00b", "completion": "x"}) + "\n")
+    with pytest.raises(DataError, match=r'c\.jsonl:2: "prompt" holds a NUL'):
+        formats.load_sft_file(path, strict=True)
+    [conversation] = formats.load_sft_file(path)
+    assert conversation[0]["content"] == "tab\there\x07" and conversation[1]["content"] == "ok\x1b[0m"
 
 
 def test_load_text(tmp_path):
@@ -548,7 +578,7 @@ def test_loaders_refuse_what_they_should_with_file_and_line(tmp_path, name, text
     path.write_text(text + "\n", encoding="utf-8")
     load = formats.load_preferences_jsonl if name.startswith("p") else formats.load_sft_file
     with pytest.raises(DataError, match=message):
-        load(str(path))
+        load(str(path), strict=True)
 
 
 def test_alpaca_null_input_upper_case_extension_and_a_byte_order_mark(tmp_path):
@@ -585,3 +615,134 @@ def test_gpt2_merges_file_without_a_final_newline(tmp_path):
     merges.write_text(merges.read_text(encoding="utf-8").rstrip("\n"), encoding="utf-8")  # as some editors save it
     tok = Tokenizer.from_gpt2(tmp_path / "gpt2")
     assert tok.encode(" w") == [encoder["Ġw"]]  # the last merge is kept
+
+
+# --- the truncation rule (data.fit_rows, fit_chat, render_responses) ------------------------------
+
+
+class CharTokenizer:
+    """One token per character, so a row's length is countable by hand: a turn with content "ab" is
+    <|role|> + " ab" (3) + <|end|> = 5 tokens."""
+    bos_id, end_id, pad_id = 1, 2, 0
+    role_ids = {"system": 3, "user": 4, "assistant": 5}
+    assistant_id = 5
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+
+SYSTEM, Q1, A1, Q2 = ({"role": r, "content": c} for r, c in
+                      [("system", "S"), ("user", "q1"), ("assistant", "a1"), ("user", "q2")])
+ANSWER = {"role": "assistant", "content": "ans"}  # 6 tokens: <|assistant|> " ans" <|end|>
+LONG_CHAT = [SYSTEM, Q1, A1, Q2, ANSWER]  # 1 + 4 + 5 + 5 + 5 + 6 = 26 tokens
+
+
+def test_truncation_keeps_the_final_answer_and_drops_the_oldest_turns_first():
+    tok = CharTokenizer()
+    full, full_mask = render_chat(tok, LONG_CHAT)
+    assert len(full) == 26 and fit_chat(tok, LONG_CHAT, 26) == (full, full_mask, False, 0)
+    # 20 tokens: the answer takes 6, the context 14: q1 and a1 go (1 + 4 + 5 = 10 left), the system stays
+    ids, mask, cut, lost = fit_chat(tok, LONG_CHAT, 20)
+    assert ids == render_chat(tok, [SYSTEM, Q2, ANSWER])[0] and cut
+    assert lost == 4  # a1's " a1" and its <|end|> were supervised
+    assert mask[-5:] == [1] * 5  # the final answer and its <|end|> are still trained on
+    # 11 tokens: context 5: the system message goes too, then q2 loses its first token (<|user|>)
+    ids, mask, cut, lost = fit_chat(tok, LONG_CHAT, 11)
+    assert ids == [1] + render_chat(tok, [Q2, ANSWER])[0][2:] and len(ids) == 11 and lost == 4
+    # 8 tokens: context 2 = a quarter of the window (<|bos|> and q2's <|end|>); the answer is whole
+    ids, mask, cut, lost = fit_chat(tok, LONG_CHAT, 8)
+    assert ids == [1, 2] + render_chat(tok, [ANSWER])[0][1:] and lost == 4
+    # 6 tokens: the answer (6) does not fit even after <|bos|>: it loses its <|end|>
+    ids, mask, cut, lost = fit_chat(tok, LONG_CHAT, 6)
+    assert ids == [1, 5, ord(" "), ord("a"), ord("n"), ord("s")] and lost == 4 + 1
+
+
+def test_truncation_without_prompt_masking_still_keeps_the_answer():
+    tok = CharTokenizer()
+    ids, mask, cut, lost = fit_chat(tok, LONG_CHAT, 20, mask_prompt=False)
+    assert ids[-6:] == render_chat(tok, [ANSWER])[0][1:] and mask == [0] + [1] * 15
+    assert lost == 10  # q1 and a1, every token supervised without the mask
+
+
+def test_several_answers_share_one_cut_prompt():
+    tok = CharTokenizer()
+    prompt = [SYSTEM, Q1, A1, Q2]
+    (short, _), (long, long_mask) = render_responses(tok, prompt, ["x", "a much longer one"], max_len=30)[0]
+    context = len(long) - (len(" a much longer one") + 2)  # the long answer with its marker and <|end|>
+    assert short[:context] == long[:context] and len(long) <= 30
+    assert short[context:] == [5, ord(" "), ord("x"), 2]  # the short answer after the SAME context
+    assert sum(long_mask) == len(" a much longer one") + 1  # nothing of the answer lost
+    # render_prompt uses the rule: <|bos|> kept, the oldest turns cut first
+    assert render_prompt(tok, prompt, 12) == render_chat(tok, [SYSTEM, Q2])[0] + [5]
+
+
+def test_collated_pairs_of_a_long_multi_turn_prompt_differ_and_share_the_prompt(tok):
+    import dpo
+    history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "words " * 6}
+               for i in range(9)]
+    pair = {"prompt": history, "chosen": "The cat sat.", "rejected": "The dog ate 12 apples."}
+    (chosen, _), (rejected, _) = dpo.tokenize_pairs(tok, [pair], max_len=40)[0]
+    assert chosen != rejected and len(rejected) <= 40
+    n_chosen = len(encode_content(tok, pair["chosen"])) + 2
+    assert chosen[:-n_chosen] == rejected[:len(chosen) - n_chosen]
+
+
+# --- fuzz: every loader, mutated valid files -------------------------------------------------------
+
+VALID_FILES = {
+    "alpaca.json": (formats.load_alpaca, json.dumps([{"instruction": "Add 2 and 3.", "input": "", "output": "5"},
+                                                     {"instruction": "Name a fruit", "input": "red", "output": "apple"}],
+                                                    indent=1)),
+    "chat.jsonl": (formats.load_chat_jsonl, "\n".join(json.dumps({"messages": m}) for m in [
+        msgs(("system", "Be brief."), ("user", "hi"), ("assistant", "hello")),
+        msgs(("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"))])),
+    "pc.jsonl": (formats.load_prompt_completion_jsonl, GOOD_PC + "\n" + GOOD_PC.replace("hello", "hey")),
+    "sft.jsonl": (formats.load_sft_file, GOOD_CHAT + "\n" + GOOD_CHAT),
+    "prefs.jsonl": (formats.load_preferences_jsonl, "\n".join([
+        GOOD_PREF, json.dumps({"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go."}),
+        json.dumps({"prompt": msgs(("user", "q")), "chosen": msgs(("user", "q"), ("assistant", "a")), "rejected": "b",
+                    "family": "add", "gold_chosen": 1.0, "gold_rejected": 0})])),
+}
+JSON_BITS = ['"', "{", "}", "[", "]", ",", ":", "\\", "\n", " ", "0", "null", "true", '"role"', '"user"', '"content"',
+             "\\u0000", "\ufeff", "é", "\n\nHuman:", "\n\nAssistant:", '"assistant"', '""']
+
+
+def conversation_is_sound(conversation):
+    return (isinstance(conversation, list) and conversation
+            and all(isinstance(m, dict) and set(m) == {"role", "content"} and m["role"] in data.ROLES
+                    and isinstance(m["content"], str) and "\x00" not in m["content"] for m in conversation)
+            and conversation[-1]["role"] == "assistant" and conversation[-1]["content"].strip()
+            and any(m["role"] == "user" for m in conversation))
+
+
+def pair_is_sound(pair):
+    return (isinstance(pair, dict) and {"prompt", "chosen", "rejected"} <= set(pair)
+            and conversation_is_sound(pair["prompt"] + [{"role": "assistant", "content": pair["chosen"]}])
+            and pair["prompt"][-1]["role"] == "user"
+            and all(isinstance(pair[k], str) and pair[k].strip() and "\x00" not in pair[k] for k in ("chosen", "rejected"))
+            and pair["chosen"] != pair["rejected"]
+            and all(isinstance(pair[k], (str, int, float)) for k in formats.WORLD_FIELDS if k in pair))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(VALID_FILES)),
+       st.lists(st.tuples(st.sampled_from(["delete", "insert", "replace"]), st.floats(0, 1), st.sampled_from(JSON_BITS),
+                          st.integers(1, 4)), min_size=1, max_size=4),
+       st.booleans())
+def test_fuzz_every_loader_gives_sound_records_or_a_data_error_with_file_and_line(name, mutations, strict):
+    import tempfile
+    load, text = VALID_FILES[name]
+    for op, where, bit, width in mutations:  # a few edits at random places
+        i = int(where * len(text))
+        text = {"delete": text[:i] + text[i + width:], "insert": text[:i] + bit + text[i:],
+                "replace": text[:i] + bit + text[i + width:]}[op]
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        try:
+            records = load(path, strict=strict)
+        except DataError as e:
+            assert str(e).startswith(path + ":") or str(e).startswith(path + " "), str(e)  # names the file (and line)
+            return
+    assert records and all(pair_is_sound(r) if name == "prefs.jsonl" else conversation_is_sound(r) for r in records)

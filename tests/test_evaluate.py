@@ -117,6 +117,7 @@ def test_prompt_ids_leave_room_for_the_answer():
     long = [{"role": "user", "content": "add two and three, then five. " * 10}]
     ids = evaluate.prompt_ids(model, tok, long, max_new_tokens=12)
     full = evaluate.render_prompt(tok, long)
-    assert len(full) > 20 and ids == full[-20:]  # its last 32 - 12 tokens: the start is cut, <|assistant|> kept
+    # 32 - 12 = 20 tokens: <|bos|> and the last 19 (the question's start is cut, <|assistant|> kept)
+    assert len(full) > 20 and ids == full[:1] + full[-19:]
     short = [{"role": "user", "content": "add two"}]
     assert evaluate.prompt_ids(model, tok, short, 12) == evaluate.render_prompt(tok, short)

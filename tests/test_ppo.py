@@ -308,29 +308,64 @@ class InterruptAt(CountX):
         return super().forward(ids, attention_mask)
 
 
-def test_ctrl_c_during_the_epochs_saves_a_consistent_state_and_resume_is_exact(tok, tmp_path, monkeypatch):
+PPO_INTERRUPT_POINTS = {"rollout": 1, "advantages": 1, "epochs_start": 2, "epochs_minibatch": 2, "progress_log": 2,
+                        "periodic_save": 2}  # where a Ctrl-C lands in iteration 2 -> the step its checkpoint holds
+
+
+@pytest.mark.parametrize("point", PPO_INTERRUPT_POINTS)
+def test_ctrl_c_anywhere_in_an_iteration_saves_a_consistent_state_and_resume_is_exact(tok, tmp_path, monkeypatch,
+                                                                                      point):
+    import common
     kw = dict(critic_init="sft", iterations=3, rollout_batch=8, minibatch=4, ppo_epochs=2, eval_every=0,
-              eval_n=1, ckpt_every=0, adaptive_kl=True, kl_horizon=10, lr=1e-2)
+              eval_n=1, ckpt_every=1, adaptive_kl=True, kl_horizon=10, lr=1e-2)
     straight = tmp_path / "straight"
     ppo.train(cfg_for(make_run(tok, straight), **kw), reward_model=CountX())
     expected = torch.load(straight / "ppo" / "model.pt", weights_only=True)
 
-    real_epochs, calls = ppo.ppo_epochs, []
+    calls = {}
 
-    def interrupted_epochs(*args, **kwargs):  # Ctrl-C arrives in the middle of the second iteration's epochs
-        calls.append(1)
-        if len(calls) == 2:
+    def ctrl_c_on_the_second_call(at):  # in the second iteration; once
+        calls[at] = calls.get(at, 0) + 1
+        if at == point and calls[at] == (6 if at == "epochs_minibatch" else 2):  # 4 minibatch steps an iteration
             os.kill(os.getpid(), signal.SIGINT)
-        return real_epochs(*args, **kwargs)
 
+    def wrap(module, name, at):
+        real = getattr(module, name)
+
+        def wrapped(*args, **kwargs):
+            ctrl_c_on_the_second_call(at)
+            return real(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapped)
+
+    def epochs_interrupted_between_minibatches(policy, critic, optimizers, *args, **kwargs):
+        real_step = optimizers[0].step
+        optimizers[0].step = lambda *a, **k: (real_step(*a, **k), ctrl_c_on_the_second_call("epochs_minibatch"))
+        try:
+            return real_epochs(policy, critic, optimizers, *args, **kwargs)
+        finally:
+            del optimizers[0].step
+
+    real_epochs = ppo.ppo_epochs
     run = tmp_path / "interrupted"
-    monkeypatch.setattr(ppo, "ppo_epochs", interrupted_epochs)
+    make_run(tok, run)
+    wrap(ppo, "rollout", "rollout")
+    wrap(ppo, "rewards_and_advantages", "advantages")
+    if point == "epochs_minibatch":
+        monkeypatch.setattr(ppo, "ppo_epochs", epochs_interrupted_between_minibatches)
+    else:
+        wrap(ppo, "ppo_epochs", "epochs_start")
+    real_log = common.Progress.log
+    monkeypatch.setattr(common.Progress, "log", lambda self, *a, **k: (ctrl_c_on_the_second_call("progress_log"),
+                                                                       real_log(self, *a, **k))[1])
+    real_save = common.TrainState.save
+    monkeypatch.setattr(common.TrainState, "save", lambda self, *a, **k: (ctrl_c_on_the_second_call("periodic_save"),
+                                                                       real_save(self, *a, **k))[1])
     with pytest.raises(KeyboardInterrupt):
-        ppo.train(cfg_for(make_run(tok, run), **kw), reward_model=CountX())
+        ppo.train(cfg_for(run, **kw), reward_model=CountX())
     saved = torch.load(run / "ppo" / "model.pt", weights_only=True)
-    assert saved["step"] == 2  # the iteration whose epochs were interrupted completed, and counts
-    assert sum(1 for _ in open(run / "ppo" / "metrics.jsonl")) == 2
-    monkeypatch.setattr(ppo, "ppo_epochs", real_epochs)
+    assert saved["step"] == PPO_INTERRUPT_POINTS[point]  # an iteration whose update began completes, and counts
+    assert sum(1 for _ in open(run / "ppo" / "metrics.jsonl")) == PPO_INTERRUPT_POINTS[point]
+    monkeypatch.undo()
     ppo.train(cfg_for(run, **kw, resume=True), reward_model=CountX())
     resumed = torch.load(run / "ppo" / "model.pt", weights_only=True)
     for part in ("model", "critic"):

@@ -128,6 +128,19 @@ def test_length_grouped_batches_pad_less_and_repeat_exactly():
     # padding: a batch costs batch_size * its longest example
     padded = lambda group: sum(max(lengths[i] for i in batch(group, k)) for k in range(64))  # noqa: E731
     assert padded(16) < 0.75 * padded(1)
+    # without replacement: 3 groups of 8 batches (768 of the epoch's 1000 examples) repeat no example
+    seen = [i for k in range(24) for i in batch(8, k)]
+    assert len(set(seen)) == len(seen)
+
+
+def test_epoch_batches_visit_every_item_once_per_epoch_even_across_the_wrap():
+    from common import epoch_batch
+    n, b = 10, 4  # batch 2 holds the last 2 items of epoch 0 and the first 2 of epoch 1
+    batches = [epoch_batch(n, b, step, seed=5) for step in range(5)]
+    flat = [i for batch in batches for i in batch]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+    assert flat[:10] != flat[10:20]  # each epoch its own order
+    assert batches[2] == epoch_batch(n, b, 2, seed=5)  # a function of the step
 
 
 def test_compiled_training_matches_eager_and_saves_plain_keys(tmp_path, monkeypatch):
@@ -223,3 +236,85 @@ def test_a_users_data_file_trains_without_the_built_in_mix_unless_asked(base_run
     assert not any("ptx_loss" in h for h in history)  # off by default with --data-file
     _, _, history = sft.train(sft.SFTConfig(stage="mine_mixed", ptx_coef=0.5, **common))
     assert all(h["ptx_loss"] > 0 for h in history if "loss" in h)  # on when asked for
+
+
+def test_sft_cuts_a_long_multi_turn_row_by_the_rule_and_says_so(base_run, tmp_path, capsys):
+    out, tok, _ = base_run
+    history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}: " + "the cat sat. " * 4}
+               for i in range(8)]
+    rows = [{"messages": history + [{"role": "user", "content": "Say 1."}, {"role": "assistant", "content": "1"}]},
+            {"messages": [{"role": "user", "content": "Say 2."}, {"role": "assistant", "content": "2"}]}]
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    sft.train(sft.SFTConfig(out_dir=str(out), data_file=str(data), max_len=32, batch_size=2, max_steps=1,
+                            warmup_steps=0, eval_n=0, ckpt_every=0, device="cpu", stage="chats"))
+    log = capsys.readouterr().out
+    # one row is longer than 33 tokens: its oldest turns go, and with them their supervised answers
+    assert "sft: 2 conversations; 1 longer than 33 tokens were cut by the truncation rule" in log, log
+    assert "1 of them lost" in log
+
+
+INTERRUPT_POINTS = ["next_batch", "forward", "backward", "optimizer_step", "progress_log", "periodic_save"]
+
+
+@pytest.mark.parametrize("point", INTERRUPT_POINTS)
+def test_a_ctrl_c_anywhere_in_a_step_resumes_to_the_same_weights(tmp_path, monkeypatch, point):
+    """A real SIGINT at each point of step 3 (whose end logs and saves), then --resume: bit for bit the
+    weights of a run that was never interrupted."""
+    import signal
+    from types import SimpleNamespace
+
+    import common
+    from model import lm_loss
+    armed = {"on": False}
+
+    def ctrl_c(at, step):
+        if armed["on"] and at == point and step == 3:
+            armed["on"] = False  # once
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def run(path, resume=False):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=8))
+        cfg = SimpleNamespace(max_steps=6, lr=1e-2, warmup_steps=1, min_lr_frac=0.1, weight_decay=0.0, grad_clip=1.0,
+                              log_every=2, eval_every=0, ckpt_every=2, device="cpu", resume=resume, quiet=True)
+
+        def next_batch(step):
+            ctrl_c("next_batch", step)
+            ids = torch.randint(0, 16, (2, 8), generator=torch.Generator().manual_seed(step))
+            return [{"ids": ids, "step": step, "n": 14, "n_tokens": 16}]
+
+        def loss_fn(model, mb):
+            ctrl_c("forward", mb["step"])
+            logits, _ = model(mb["ids"][:, :-1])
+            loss = lm_loss(logits, mb["ids"][:, 1:], reduction="sum")
+            loss.register_hook(lambda grad: ctrl_c("backward", mb["step"]))  # runs inside backward()
+            return loss, {}
+
+        fit(model, cfg, next_batch, loss_fn, str(path))
+        return model
+
+    expected = run(tmp_path / "straight.pt").state_dict()
+    real_make_optimizer, real_log, real_save = common.make_optimizer, common.Progress.log, common.TrainState.save
+
+    def make_optimizer(*args, **kwargs):
+        optimizer = real_make_optimizer(*args, **kwargs)
+        real_step = optimizer.step
+        optimizer.step = lambda: (real_step(), ctrl_c("optimizer_step", steps.pop(0)))
+        return optimizer
+
+    steps = list(range(6))
+    monkeypatch.setattr(common, "make_optimizer", make_optimizer)
+    monkeypatch.setattr(common.Progress, "log", lambda self, step, *a, **k: (ctrl_c("progress_log", step - 1),
+                                                                          real_log(self, step, *a, **k))[1])
+    monkeypatch.setattr(common.TrainState, "save", lambda self, *a, **k: (ctrl_c("periodic_save", self.step - 1),
+                                                                       real_save(self, *a, **k))[1])
+    armed["on"] = True
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "interrupted.pt")
+    assert not armed["on"]  # the Ctrl-C was sent
+    saved = torch.load(tmp_path / "interrupted.pt", weights_only=True)
+    assert saved["step"] == (4 if point in ("optimizer_step", "progress_log", "periodic_save") else 3)
+    resumed = run(tmp_path / "interrupted.pt", resume=True).state_dict()
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, resumed[name]), name
