@@ -2,7 +2,8 @@
 
 chosen, rejected: (B,) scores of the preferred and the other answer; margin: a float or (B,).
 Return the loss per pair, (B,): -log sigmoid(chosen - rejected - margin). It must stay finite for
-large differences.
+large differences, and keep its gradient with respect to both scores (the checker compares it with
+the solution's).
 Check it: python -m exercises bradley_terry      Solution: reward.bradley_terry_loss
 """
 import torch
