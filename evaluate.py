@@ -4,7 +4,7 @@ evaluate.py: everything that measures a model against the built-in world's groun
 Every stage and the report card measure models with these functions, on the same prompts and the
 same gold grader (tasks.grade), so their numbers can be set side by side:
 
-  respond          answer a list of conversations: [Answer(text, ended, n_tokens)]
+  respond          answer a list of conversations: [Answer(text, ended, n_tokens, ids)]
   eval_sets        n prompts of every evaluation split (test, heldout_phrasing, heldout_people, heldout_task)
   harm_sets        forbidden requests (a person's secret code) and allowed ones
   evaluate         generate for every split, grade, summarise (one temperature)
@@ -42,6 +42,7 @@ class Answer(NamedTuple):
     text: str  # decoded, without the end-of-turn token
     ended: bool  # did the model end its turn (produce <|end|>)?
     n_tokens: int  # tokens generated, <|end|> included
+    ids: tuple = ()  # those tokens' ids: what kl_to_reference scores when it is given answers
 
 
 # -----------------------------------------------------------------------------
@@ -54,7 +55,7 @@ def prompt_ids(model, tok, messages, max_new_tokens):
     return render_prompt(tok, messages, model.config.block_size - max_new_tokens)
 
 
-def respond(model, tok, prompts, temperature=0.0, max_new_tokens=48, batch_size=64, generator=None):
+def respond(model, tok, prompts, temperature=0.0, max_new_tokens=48, batch_size=256, generator=None):
     """Answer a list of conversations (message lists). Returns [Answer].
 
     A prompt longer than block_size - max_new_tokens keeps only its last tokens (prompt_ids).
@@ -68,7 +69,7 @@ def respond(model, tok, prompts, temperature=0.0, max_new_tokens=48, batch_size=
                            pad_id=tok.pad_id, generator=generator)
         for response, ended in zip(gen.responses, gen.ended):
             text_ids = response[:-1] if ended else response
-            answers.append(Answer(decode_content(tok, text_ids), ended, len(response)))
+            answers.append(Answer(decode_content(tok, text_ids), ended, len(response), tuple(response)))
     return answers
 
 
@@ -166,8 +167,9 @@ def evaluate_policy(model, tok, sets, ref=None, rm=None, sample_temperature=0.7,
 
     Returns "greedy/<key>" and "sampled/<key>" for every key of `evaluate`; "greedy/gold",
     "greedy/length", "greedy/ended" (and "sampled/...") averaged over the splits; with `ref`,
-    "kl_to_ref" (kl_to_reference at kl_temperature on all the prompts, drawing from `generator`, else
-    one seeded by `seed`); with `rm`, "rm_score" (its mean normalised score of the greedy answers).
+    "kl_to_ref" (kl_to_reference at kl_temperature on all the prompts: on the sampled answers when
+    kl_temperature == sample_temperature, else on new samples drawn from `generator`, or one seeded by
+    `seed`); with `rm`, "rm_score" (its mean normalised score of the greedy answers).
     answers_out: a dict that receives {"greedy": {split: [Answer]}, "sampled": {split: [Answer]}}.
     """
     decodings = {"greedy": 0.0} if sample_temperature is None else {"greedy": 0.0, "sampled": sample_temperature}
@@ -182,8 +184,10 @@ def evaluate_policy(model, tok, sets, ref=None, rm=None, sample_temperature=0.7,
     if ref is not None:
         if generator is None:
             generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+        sampled = ([a for s in splits for a in answers["sampled"][s]] if sample_temperature == kl_temperature
+                   else None)  # the samples at that temperature exist already: scored, not drawn again
         results["kl_to_ref"] = kl_to_reference(model, ref, tok, prompts, max_new_tokens, generator=generator,
-                                               temperature=kl_temperature)
+                                               temperature=kl_temperature, answers=sampled)
     if rm is not None:
         texts = [a.text for s in splits for a in answers["greedy"][s]]
         results["rm_score"] = score_responses(rm, tok, prompts, texts).mean().item()
@@ -233,25 +237,35 @@ def bootstrap_interval(values, paired_with=None, n_boot=2000, seed=0):
 
 
 @torch.no_grad()
-def kl_to_reference(policy, ref, tok, prompts, max_new_tokens=48, batch_size=64, generator=None, temperature=1.0):
+def kl_to_reference(policy, ref, tok, prompts, max_new_tokens=48, batch_size=256, generator=None, temperature=1.0,
+                    answers=None):
     r"""KL(policy_T || ref_T) per answer, on answers sampled from the policy at `temperature`.
 
     $\mathrm{KL} \approx \frac{1}{N}\sum_i\sum_t [\log\pi(y_{i,t}|x_i,y_{i,<t}) - \log\pi_{ref}(y_{i,t}|x_i,y_{i,<t})]$,
     y_i ~ pi(.|x_i), summed over response tokens (with <|end|>), both distributions softmax(logits / T):
     the estimator of PPO's KL penalty at its rollout temperature. An unbiased estimate, exactly 0 when
     policy == ref; single samples can be negative. Both logprobs come from model.logprobs.
+    answers: [Answer] the policy already sampled at `temperature` for these prompts (respond): scored
+    instead of sampling new ones, which halves the cost when the samples exist anyway.
     """
     device = next(policy.parameters()).device
     total = 0.0
     for i in range(0, len(prompts), batch_size):
         ids = [prompt_ids(policy, tok, messages, max_new_tokens) for messages in prompts[i:i + batch_size]]
         with autocast(device):
-            gen = generate(policy, ids, max_new_tokens, temperature=temperature, stop_id=tok.end_id,
-                           pad_id=tok.pad_id, generator=generator)
-            P = gen.prompt_width  # entry P-1 of logprobs scores the first response token
-            diff = (logprobs(policy, gen.tokens, gen.attention_mask, temperature)[:, P - 1:]
-                    - logprobs(ref, gen.tokens, gen.attention_mask, temperature)[:, P - 1:])  # (B, N)
-        total += (diff * gen.attention_mask[:, P:]).sum().item()  # response tokens only
+            if answers is None:
+                gen = generate(policy, ids, max_new_tokens, temperature=temperature, stop_id=tok.end_id,
+                               pad_id=tok.pad_id, generator=generator)
+                tokens, mask, P = gen.tokens, gen.attention_mask, gen.prompt_width
+            else:  # generate's layout: prompts left-padded to width P, then the answers, right-padded
+                prompts_ids, prompts_mask = pad_rows(ids, tok.pad_id, side="left")
+                answer_ids, answer_mask = pad_rows([list(a.ids) for a in answers[i:i + batch_size]], tok.pad_id)
+                tokens = torch.cat([prompts_ids, answer_ids], dim=1).to(device)
+                mask, P = torch.cat([prompts_mask, answer_mask], dim=1).to(device), prompts_ids.size(1)
+            # entry P-1 of logprobs scores the first response token
+            diff = (logprobs(policy, tokens, mask, temperature)[:, P - 1:]
+                    - logprobs(ref, tokens, mask, temperature)[:, P - 1:])  # (B, N)
+        total += (diff * mask[:, P:]).sum().item()  # response tokens only
     return total / max(len(prompts), 1)
 
 

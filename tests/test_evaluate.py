@@ -91,7 +91,12 @@ def test_kl_to_reference_is_zero_for_the_same_model_and_positive_otherwise():
         same = evaluate.kl_to_reference(policy, policy, tok, prompts, 8, generator=g, temperature=temperature)
         assert same == 0.0
         g = torch.Generator().manual_seed(0)
-        assert evaluate.kl_to_reference(policy, other, tok, prompts, 8, generator=g, temperature=temperature) > 0
+        fresh = evaluate.kl_to_reference(policy, other, tok, prompts, 8, generator=g, temperature=temperature)
+        assert fresh > 0
+        # given the answers the policy sampled with the same draws, the estimate is the same, bit for bit
+        answers = evaluate.respond(policy, tok, prompts, temperature, 8, generator=torch.Generator().manual_seed(0))
+        assert evaluate.kl_to_reference(policy, other, tok, prompts, 8, temperature=temperature, answers=answers) == fresh
+        assert all(len(a.ids) == a.n_tokens for a in answers)
 
 
 def test_harm_rates_count_declines_and_over_refusals():

@@ -81,7 +81,7 @@ def test_best_of_n_picks_the_highest_score_and_never_an_unterminated_answer(monk
     assert results["bon/4/gold"] == 1.0 and results["bon/4/rm"] == 1.0  # not the unterminated 3rd
     assert results["bon/4/ended"] == 1.0
     picks = evaluate.bon_respond(None, None, None, [ex.messages for ex in examples], n=4)
-    assert [(text, ended) for text, ended, _ in picks] == [(ex.answer, True) for ex in examples]
+    assert [(text, ended) for text, ended, *_ in picks] == [(ex.answer, True) for ex in examples]
 
 
 def test_a_users_file_is_split_the_same_way_every_time(tmp_path):
