@@ -70,7 +70,9 @@ from tokenizer import Tokenizer
 @dataclass
 class PPOConfig:
     out_dir: str = "runs/default"
-    """run folder: reads tokenizer/, sft/ and reward/, writes ppo/"""
+    """run folder: reads tokenizer/, sft/ and reward/, writes <stage>/"""
+    stage: str = "ppo"
+    """the folder under out_dir this run writes (experiments write elsewhere)"""
     sft_path: str = ""
     """policy and reference start here (default: <out_dir>/sft/model.pt)"""
     reward_path: str = ""
@@ -136,7 +138,7 @@ class PPOConfig:
     device: str = ""
     """cuda, mps or cpu (default: the best available)"""
     resume: bool = False
-    """continue from <out_dir>/ppo/model.pt"""
+    """continue from <out_dir>/<stage>/model.pt"""
     quiet: bool = False
     """no progress lines"""
 
@@ -332,13 +334,13 @@ def train(cfg, reward_model=None):
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
     world = tasks.make_world(cfg.world_seed)
     sets = eval_sets(world, cfg.eval_n)
-    state = TrainState(os.path.join(cfg.out_dir, "ppo", "model.pt"),
+    state = TrainState(os.path.join(cfg.out_dir, cfg.stage, "model.pt"),
                        {"model": policy, "optimizer": optimizers[0], "critic": critic, "critic_optimizer": optimizers[1]},
                        {"stage_config": asdict(cfg), "kl_coef": kl_ctl.value}, rank)
     if cfg.resume:
         kl_ctl.value = state.resume(device).get("kl_coef", kl_ctl.value)
     start = state.step
-    progress = Progress(cfg.iterations, os.path.join(cfg.out_dir, "ppo", "metrics.jsonl") if rank == 0 else None,
+    progress = Progress(cfg.iterations, os.path.join(cfg.out_dir, cfg.stage, "metrics.jsonl") if rank == 0 else None,
                         "ppo | ", verbose=not cfg.quiet, fresh=start == 0)
 
     t_loop = time.time()
@@ -389,7 +391,7 @@ def train(cfg, reward_model=None):
     results["time_s"] = time.time() - t0
     progress.log(cfg.iterations, results, print_line=False)
     state.save(finished=True, results=results)
-    with open(os.path.join(cfg.out_dir, "ppo", "eval.json"), "w") as f:
+    with open(os.path.join(cfg.out_dir, cfg.stage, "eval.json"), "w") as f:
         json.dump(results, f, indent=2)
     say(f"ppo finished in {results['time_s']:.0f}s")
     return policy, tok, progress.history

@@ -57,6 +57,10 @@ class SFTConfig:
     """share of demonstrations that are correct but wordy"""
     comply_rate: float = 0.3
     """share of forbidden requests (a person's secret code) the demonstrators answer instead of declining"""
+    families: str = ""
+    """taught families to demonstrate, comma-separated (default: all of them; experiments/task_diversity.py)"""
+    n_phrasings: int = 0
+    """seen phrasings per family to demonstrate (default 0: all of them; experiments/phrasings.py)"""
     mask_prompt: bool = True
     """loss on the response only (false: on every token)"""
     ptx_coef: float = -1.0
@@ -118,8 +122,16 @@ def sft_conversations(cfg):
     if cfg.data_file:
         return load_sft_file(cfg.data_file, cfg.strict)
     world = tasks.make_world(cfg.world_seed)
+    families = None
+    if cfg.families:
+        by_name = {f.name: f for f in tasks.FAMILIES if not f.heldout}
+        unknown = [name for name in cfg.families.split(",") if name not in by_name]
+        if unknown:
+            raise ValueError(f"--families: unknown or held-out family {unknown[0]!r}; taught: {', '.join(by_name)}")
+        families = [by_name[name] for name in cfg.families.split(",")]
     return tasks.sft_conversations(world, cfg.n_examples, seed=cfg.seed, error_rate=cfg.error_rate,
-                                   wordy_rate=cfg.wordy_rate, comply_rate=cfg.comply_rate)
+                                   wordy_rate=cfg.wordy_rate, comply_rate=cfg.comply_rate, families=families,
+                                   n_phrasings=cfg.n_phrasings)
 
 
 def length_grouped_batch(lengths, batch_size, group, index, seed):

@@ -507,7 +507,8 @@ def _item_fits(world: World, family: Family, item: tuple, split: str) -> bool:
 
 
 def make_examples(world: World, split: str, n: int, seed: int = 0, difficulty: tuple[int, int] | None = None,
-                  system_prob: float = 0.3, families: list[Family] | None = None) -> list[Example]:
+                  system_prob: float = 0.3, families: list[Family] | None = None,
+                  n_phrasings: int = 0) -> list[Example]:
     """n examples of `split`, families taken in turn. Deterministic given (world, split, n, seed).
       train            taught families, seen phrasings, train-bucket items, sft people
       test             taught families, seen phrasings, test-bucket items (new lists, numbers, words), sft people
@@ -515,7 +516,8 @@ def make_examples(world: World, split: str, n: int, seed: int = 0, difficulty: t
       heldout_people   person families, seen phrasings, people whose facts SFT never asks about
       heldout_task     held-out families only (never taught), any phrasing
     difficulty: (lowest, highest) level drawn per example, default (1, 2); system_prob: share with a
-    system message; families: the registry to draw from (default FAMILIES)."""
+    system message; families: the registry to draw from (default FAMILIES); n_phrasings: train and test
+    use only the first n_phrasings seen phrasings of each family (0: all of them)."""
     assert split in SPLITS, f"unknown split {split!r}; choose one of {SPLITS}"
     families = FAMILIES if families is None else families
     pool = [f for f in families if f.heldout == (split == "heldout_task")
@@ -538,7 +540,7 @@ def make_examples(world: World, split: str, n: int, seed: int = 0, difficulty: t
         elif split == "heldout_task":  # a family never taught: any phrasing
             k = rng.randrange(last + 1)
         else:
-            k = rng.randrange(last)
+            k = rng.randrange(min(n_phrasings, last) if n_phrasings else last)
         system = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if rng.random() < system_prob else []
         user = {"role": "user", "content": family.phrasings[k].format(**family.fill(item))}
         answer, mistake = family.answer(world, item), family.mistake(world, item, rng)
@@ -568,12 +570,14 @@ def demonstrate(example: Example, rng: random.Random, error_rate: float = 0.15, 
 
 
 def sft_conversations(world: World, n: int, seed: int = 0, error_rate: float = 0.15,
-                      wordy_rate: float = 0.15, comply_rate: float = 0.3) -> list[list[dict]]:
-    """n train prompts, each with a demonstration appended as the assistant message."""
+                      wordy_rate: float = 0.15, comply_rate: float = 0.3, families: list[Family] | None = None,
+                      n_phrasings: int = 0) -> list[list[dict]]:
+    """n train prompts, each with a demonstration appended as the assistant message.
+    families, n_phrasings: as in make_examples (a subset of the taught families or phrasings)."""
     rng = random.Random(zlib.crc32(repr(("demos", world.seed, seed)).encode()))
     return [ex.messages + [{"role": "assistant",
                             "content": demonstrate(ex, rng, error_rate, wordy_rate, comply_rate)}]
-            for ex in make_examples(world, "train", n, seed)]
+            for ex in make_examples(world, "train", n, seed, families=families, n_phrasings=n_phrasings)]
 
 
 # ----------------------------------------------------------------------------- the gold grader

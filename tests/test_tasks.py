@@ -287,3 +287,17 @@ def test_a_teacher_can_add_a_family():
     assert ex.answer == str(2 * ex.item[0]) and str(ex.item[0]) in ex.messages[-1]["content"]
     held = make_examples(WORLD, "heldout_phrasing", 5, families=[double])
     assert all(ex.messages[-1]["content"].startswith("Multiply") for ex in held)
+
+
+def test_a_subset_of_families_and_phrasings_for_the_experiments():
+    world = tasks.make_world(0)
+    two = [f for f in tasks.FAMILIES if f.name in ("add", "sort")]
+    examples = tasks.make_examples(world, "train", 40, seed=3, families=two, n_phrasings=2)
+    assert {ex.family for ex in examples} == {"add", "sort"} and {ex.phrasing for ex in examples} == {0, 1}
+    assert {ex.phrasing for ex in tasks.make_examples(world, "train", 200, seed=3)} == set(range(8))  # all seen ones
+    conversations = tasks.sft_conversations(world, 10, families=two, n_phrasings=1)
+    assert len(conversations) == 10 and all(c[-1]["role"] == "assistant" for c in conversations)
+    import sft
+    with pytest.raises(ValueError, match="unknown or held-out family 'repeat'"):
+        sft.sft_conversations(sft.SFTConfig(families="add,repeat"))
+    assert len(sft.sft_conversations(sft.SFTConfig(families="add,sort", n_examples=12))) == 12
