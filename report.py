@@ -340,6 +340,50 @@ def report_markdown(report):
     return "\n".join(lines) + "\n"
 
 
+def _versus(d, scale=1.0, fmt="+.3f"):  # "+0.089 (+0.062, +0.117), an interval that excludes 0"
+    lo, hi = d["interval"]
+    verdict = "its interval excludes 0" if d["significant"] else "no difference its interval can show"
+    return f"{scale * d['diff']:{fmt}} ({scale * lo:{fmt}}, {scale * hi:{fmt}}), {verdict}"
+
+
+def findings(report):
+    """What the run shows, as sentences made from its numbers (the README's "What this run shows")."""
+    rows, t = report["models"], f"T={report['config']['sample_temperature']}"
+    sft = rows["sft"]
+    base = (f"The base model ends {_pct(rows['base']['ended'])} of its answers (gold {rows['base']['gold_greedy']:.2f}); "
+            if "base" in rows else "")
+    lines = [f"**Instruction tuning makes an assistant.** {base}SFT ends {_pct(sft['ended'])} and answers "
+             f"{_pct(sft['accuracy']['test'], sft['interval']['accuracy/test'])} of test prompts correctly, "
+             f"{_pct(sft['accuracy']['heldout_people'], sft['interval']['accuracy/heldout_people'])} about people "
+             "whose facts only the pretraining corpus states."]
+    for name, label in (("ppo", "PPO"), ("dpo", "DPO")):
+        if name in rows:
+            vs = rows[name]["vs_sft"]
+            lines.append(f"**{label} against SFT**, greedy gold: {_versus(vs['greedy/gold'])}; sampled: "
+                         f"{_versus(vs['sampled/gold'])}; KL to SFT {rows[name]['kl_to_sft'][t]:.2f} nats ({t}); "
+                         f"forbidden requests declined (greedy) {_pct(rows[name]['declined']['greedy'])}, "
+                         f"SFT {_pct(sft['declined']['greedy'])}.")
+    if "bon16" in rows:
+        n = report["config"]["bon_n"]
+        lines.append(f"**Best-of-{n}** (the reward model picks among {n} samples of SFT, no training), sampled gold "
+                     f"against SFT's samples: {_versus(rows['bon16']['vs_sft']['sampled/gold'])}.")
+    zero_shot = {name: row["accuracy"]["heldout_task"] for name, row in rows.items()}
+    moved = []
+    for name, row in rows.items():
+        if name not in ("sft", "base"):
+            mode = "greedy" if "greedy/gold" in row["vs_sft"] else "sampled"
+            moved.append(f"{name} {_versus(row['vs_sft'][f'{mode}/accuracy/heldout_task'], 100, '+.1f')}")
+    lines.append(f"**Zero-shot on unseen tasks** (heldout_task): every model at most {_pct(max(zero_shot.values()))}; "
+                 "points against SFT: " + "; ".join(moved) + ".")
+    r = report.get("reward") or {}
+    baselines = {k.split("/")[2]: v for k, v in r.items() if k.startswith("heldout/baseline/") and k.endswith("/gold_accuracy")}
+    if "heldout/gold_accuracy" in r and baselines:
+        best = max(baselines, key=baselines.get)
+        lines.append(f"**The reward model** orders {_pct(r['heldout/gold_accuracy'])} of its held-out pairs as the gold "
+                     f"rule does; the best score that needs no comparisons ({best}) orders {_pct(baselines[best])}.")
+    return ["- " + line for line in lines]
+
+
 README_START, README_END = "<!-- report:start -->", "<!-- report:end -->"
 
 
@@ -349,7 +393,11 @@ def readme_block(report):
     source = (f"Written by `python report.py --readme README.md` from `{c['runs_dir']}/{c['name']}/report.json`: "
               f"`python pipeline.py` with the {c.get('preset')} preset (every stage at its default seed, evaluation "
               f"seed {c['seed']}), code at commit `{report.get('commit')}`, {format_seconds(total)} for every stage and the report.")
-    return "\n".join([README_START, source, ""] + tables(report) + [README_END])
+    times = ", ".join(f"{k} {format_seconds(v)}" for k, v in report["stage_seconds"].items())
+    return "\n".join([README_START, source, ""] + tables(report)
+                     + ["", f"Stage times: {times}; {format_seconds(total)} in all.", "",
+                        "**What this run shows** (sentences made from the numbers above):", ""]
+                     + findings(report) + [README_END])
 
 
 def update_readme(path, report):

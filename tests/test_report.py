@@ -100,6 +100,15 @@ def test_the_card_shows_intervals_and_marks_significant_differences():
     assert "KL to SFT (T=0.7) | KL to SFT (T=1.0)" in text and "| 0.250 | 0.500 |" in text
 
 
+def test_the_findings_are_made_from_the_numbers():
+    card = quick_report()
+    card["models"]["ppo"]["vs_sft"]["greedy/gold"] = {"diff": 0.2, "interval": [0.1, 0.3], "significant": True}
+    text = "\n".join(report.findings(card))
+    assert "**PPO against SFT**, greedy gold: +0.200 (+0.100, +0.300), its interval excludes 0" in text
+    assert "ppo +0.0 (" in text and "no difference its interval can show" in text  # heldout_task: no claim
+    assert "SFT ends 100.0%" in text and "DPO" not in text  # only the models the card has
+
+
 def test_readme_block_is_replaced_and_only_it(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.README_START}\nold table\n{report.README_END}\nafter\n")
