@@ -248,3 +248,14 @@ def test_tiny_run_on_the_built_in_world(tok, tmp_path):
 def test_bad_settings_are_refused_before_any_work(setting, message, tmp_path):
     with pytest.raises(ValueError, match=message):  # tmp_path has no tokenizer: nothing was read yet
         dpo.train(DPOConfig(out_dir=str(tmp_path), device="cpu", **setting))
+
+
+@pytest.mark.parametrize("setting, message", [(dict(beta=0.0), "--beta must be positive"),
+                                              (dict(beta=-1.0), "--beta must be positive"),
+                                              (dict(loss_type="conservative", label_smoothing=0.5), "--label-smoothing"),
+                                              (dict(loss_type="kto"), "--loss-type must be")])
+def test_a_setting_the_loss_cannot_use_is_refused_before_any_work(tmp_path, setting, message):
+    import dpo
+    # the run folder does not exist: any work (loading the model, the reference pass) would fail differently
+    with pytest.raises(ValueError, match=message):
+        dpo.train(dpo.DPOConfig(out_dir=str(tmp_path / "no_run"), **setting))
