@@ -123,20 +123,23 @@ def make_plots(run_dir):
         points = [(r["step"], r[key]) for r in records if key in r]
         return [p[0] for p in points], [p[1] for p in points]
 
-    panels = [("losses.png", [("pretrain", "loss", "pretrain loss"), ("pretrain", "val_loss", "pretrain val loss"),
-                              ("sft", "sft_loss", "SFT loss (answers)")], "step"),
-              ("reward.png", [("reward", "accuracy", "RM train accuracy (labels)")], "step"),
-              ("ppo.png", [("ppo", "score", "RM score"), ("ppo", "gold", "gold score"), ("ppo", "kl", "KL to SFT")],
-               "iteration"),
-              ("dpo.png", [("dpo", "margin", "margin"), ("dpo", "accuracy", "preference accuracy")], "step")]
+    panels = [("losses.png", [("pretrain", "loss", "pretrain loss", "nats per token"),
+                              ("pretrain", "val_loss", "pretrain val loss", "nats per token"),
+                              ("sft", "sft_loss", "SFT loss (answers)", "nats per token")], "step"),
+              ("reward.png", [("reward", "accuracy", "RM train accuracy (labels)", "accuracy")], "step"),
+              ("ppo.png", [("ppo", "score", "RM score", "mean RM score"), ("ppo", "gold", "gold score", "mean gold score"),
+                           ("ppo", "kl", "KL to SFT", "nats per answer")], "iteration"),
+              ("dpo.png", [("dpo", "margin", "margin", "reward margin"),
+                           ("dpo", "accuracy", "preference accuracy", "accuracy")], "step")]
     written = []
     for filename, curves, xlabel in panels:
         fig = Figure(figsize=(4 * len(curves), 3))
         axes = fig.subplots(1, len(curves), squeeze=False)[0]
-        for ax, (stage, key, title) in zip(axes, curves):
+        for ax, (stage, key, title, ylabel) in zip(axes, curves):
             ax.plot(*series(m[stage], key))
             ax.set_title(title)
             ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
         fig.tight_layout()
         fig.savefig(os.path.join(run_dir, "plots", filename), dpi=80)
         written.append(filename)
@@ -148,7 +151,8 @@ def make_plots(run_dir):
         ax.plot(ns, [bon[f"bon/{n}/gold"] for n in ns], "o-", label="gold score")
         ax.plot(ns, [bon[f"bon/{n}/rm"] for n in ns], "s-", label="RM score")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("N")
+        ax.set_xlabel("N (samples per prompt)")
+        ax.set_ylabel("mean score of the pick")
         ax.set_title("best-of-N on test prompts")
         ax.legend()
         fig.tight_layout()

@@ -26,7 +26,7 @@ import data
 import tasks
 from generate import generate
 from model import GPT, GPTConfig, causal_mask
-from tokenizer import Tokenizer
+from tokenizer import SPECIAL_TOKENS, Tokenizer
 
 SMOKE = os.environ.get("NANOINSTRUCT_SMOKE") == "1"  # the tests run a smaller version
 _ = torch.manual_seed(0)
@@ -60,13 +60,18 @@ world = tasks.make_world(0)
 text = "\n".join(tasks.pretrain_corpus(world, size=0.02 if SMOKE else 0.2))
 t0 = time.time()
 tok = Tokenizer.train(text, vocab_size=400 if SMOKE else 1024)
-print(f"{len(text):,} characters, vocabulary {tok.vocab_size} (6 special tokens), {time.time() - t0:.1f}s")
+print(f"{len(text):,} characters, vocabulary {tok.vocab_size} ({len(SPECIAL_TOKENS)} special tokens), {time.time() - t0:.1f}s")
+
+# %% [markdown]
+# Digits are split one per token (the split pattern), so the model sees `4` `7`, not `47`: a sum is
+# then learnable digit by digit. The cell checks it on this sentence.
 
 # %%
 sentence = "Ana Reed lives in Paris. 47 plus 38 is 85."
 pieces = [tok.decode([i]) for i in tok.encode(sentence)]
 print(len(pieces), "tokens:", pieces)
-# digits are split one per token (the split pattern), so the model sees 4 7, not 47
+with_digits = [p for p in pieces if any(c.isdigit() for c in p)]
+print("every token with a digit holds one digit and nothing else:", all(len(p) == 1 for p in with_digits), with_digits)
 
 # %% [markdown]
 # ## The chat template
@@ -98,7 +103,10 @@ plt.tight_layout(); plt.show()
 # ## The KV cache
 # Without a cache, every new token re-runs the model over the whole sequence. With one, each step
 # feeds only the newest token and reads the keys and values stored for the others. Same tokens,
-# less work:
+# less work. The cell checks both: the tokens must be the same (greedy decoding, so anything else is
+# a bug in the cache), and the cached run should be faster. The speed-up grows with the number of new
+# tokens; on a short generation (the tests' smoke mode makes 32) or a busy machine the two times can
+# be close, or the order can flip.
 
 # %%
 model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=4, n_head=4, n_embd=128, rope=True))
@@ -111,3 +119,4 @@ for use_cache in (False, True):
     timings[use_cache] = time.time() - t0
 print(f"{n_new} new tokens x 8 rows: {timings[False]:.2f}s without the cache, {timings[True]:.2f}s with it")
 print("same tokens:", torch.equal(outputs[False], outputs[True]))
+print(f"this run: the cache is faster: {timings[True] < timings[False]} ({timings[False] / timings[True]:.1f}x)")

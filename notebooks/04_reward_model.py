@@ -16,9 +16,11 @@
 # `reward.py` fits r with a GPT trunk (initialised from the SFT model) and a scalar head.
 
 # %%
+import contextlib
 import json
 import math
 import os
+import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -31,6 +33,38 @@ import tasks
 
 os.chdir(os.path.dirname(os.path.abspath(pipeline.__file__)))
 _ = torch.manual_seed(0)
+RUN = os.environ.get("NANOINSTRUCT_RUN", "runs/default")  # the run folder this notebook reads
+RUNS = os.environ.get("NANOINSTRUCT_RUNS", "runs")        # where its own quick run goes (the tests: a temporary folder)
+
+
+def logged(log, fn):
+    """fn(), with what it prints going to the file `log` instead of here. Returns (fn's result, seconds)."""
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    t0 = time.time()
+    with open(log, "w") as f, contextlib.redirect_stdout(f):
+        out = fn()
+    return out, time.time() - t0
+
+
+def run_or_quick(needs, name, **options):
+    """RUN when it holds every path in `needs`; else a quick run of tiny models into RUNS/name."""
+    missing = [p for p in needs if not os.path.exists(os.path.join(RUN, p))]
+    if not missing:
+        print(f"reading the run {RUN}")
+        return RUN
+    cfg = pipeline.PipelineConfig(name=name, preset="quick", runs_dir=RUNS, **options)
+    log = os.path.join(RUNS, name, "pipeline.log")
+    (result, _), seconds = logged(log, lambda: pipeline.main(cfg))
+    lines = open(log).read().splitlines()
+    skipped = [line.split()[1].rstrip(":") for line in lines if line.startswith("== ") and line.endswith("skipped")]
+    print(f"no {missing[0]} in {RUN}: a quick run of tiny models instead (its numbers mean nothing), "
+          f"{seconds:.0f}s, into {os.path.join(RUNS, name)}")
+    print("  stages run:", ", ".join(f"{k} {v:.1f}s" for k, v in result["stage_seconds"].items() if k not in skipped))
+    if skipped:
+        print("  done before, skipped:", ", ".join(skipped))
+    print(f"  the pipeline's progress: {log} ({len(lines)} lines)")
+    return os.path.join(RUNS, name)
+
 
 # %% [markdown]
 # ## Bradley-Terry, drafted on toy tensors
@@ -49,11 +83,17 @@ print("by hand   ", (-torch.sigmoid(r_rejected - r_chosen.detach())).numpy().rou
 print("reward.py ", reward.bradley_terry_loss(r_chosen.detach(), r_rejected).numpy().round(4),
       "(F.logsigmoid: the same, and finite for a difference of -100:",
       reward.bradley_terry_loss(torch.tensor([-100.0]), torch.tensor([0.0])).item(), ")")
+g = r_chosen.grad.abs()
+print("the gradient is largest for the pair it gets wrong (difference -2), smallest for the surest (+1):",
+      bool(g[2] > g[0] > g[1]))
 
 # %% [markdown]
 # ## Recovering hidden utilities from noisy comparisons
 # Five answers with hidden utilities; a noisy annotator compares random pairs (Bradley-Terry
-# itself); one free score per answer, fitted by gradient descent on the BT loss.
+# itself); one free score per answer, fitted by gradient descent on the BT loss. Expect the fitted
+# scores to come out in the true order and close to the true values (up to a shared shift, which BT
+# cannot see); the cell checks both. With fewer comparisons, or utilities closer together, the
+# noise can swap two neighbours.
 
 # %%
 true = torch.tensor([2.0, 1.0, 0.0, -0.5, -2.0])
@@ -70,11 +110,14 @@ for step in range(300):
 fitted = scores.detach() - scores.detach().mean()  # BT only fixes differences: centre both
 print("true   ", (true - true.mean()).numpy().round(2))
 print("fitted ", fitted.numpy().round(2))
+print("same order as the true utilities:", torch.equal(fitted.argsort(), true.argsort()),
+      f"  largest error: {(fitted - (true - true.mean())).abs().max():.2f}")
 
 # %% [markdown]
 # ## The built-in labeler
 # `tasks.Labeler` compares two answers with the gold score plus noise, like a human annotator who
-# is usually right. Its agreement with the hidden gold rule:
+# is usually right: expect well over half of its labels to agree with the hidden gold rule, and not
+# all of them (the noise is the point). Its agreement on this notebook's pairs:
 
 # %%
 world = tasks.make_world(0)
@@ -83,7 +126,8 @@ rng = __import__("random").Random(0)
 pairs = preferences.modelfree_preferences(examples, rng)  # (clean, mistake), (wordy, mistake) or (clean, wordy)
 labeler = tasks.Labeler(temperature=0.25, seed=0)
 agree = sum(labeler.prefers_first(ex, p["chosen"], p["rejected"]) for ex, p in zip(examples, pairs)) / len(pairs)
-print(f"the labeler agrees with the gold rule on {agree:.0%} of {len(pairs)} pairs")
+print(f"the labeler agrees with the gold rule on {agree:.0%} of {len(pairs)} pairs "
+      f"(usually right: {agree > 0.5}; sometimes wrong: {agree < 1})")
 for p in pairs[:3]:
     print(f"  {p['prompt'][-1]['content'][:55]:55} chosen {p['chosen']!r:32} rejected {p['rejected']!r}")
 
@@ -98,23 +142,33 @@ print("last real token of [1 1 1 0 0] and [0 0 1 1 1]:", reward.last_token_index
 
 # %% [markdown]
 # ## The real reward model, and best-of-N
-# From `python pipeline.py` when it has run (otherwise from a quick run with tiny models, whose
-# numbers mean nothing). Best-of-N samples N answers and keeps the RM's favourite: the RM score of
-# the pick keeps rising with N, and the gold score follows only while the RM is right.
+# From the run folder (`runs/default/` from `python pipeline.py`, or `NANOINSTRUCT_RUN`) when it has
+# one, otherwise from a quick run with tiny models made here, whose numbers mean nothing.
+# Best-of-N samples N answers and keeps the RM's favourite. Expect the RM score of the pick to keep
+# rising with N, and the gold score to follow only while the RM is right: it rises less, flattens,
+# or falls at large N. The cell checks this on the run's numbers. With few test prompts per N
+# (the run's `bon_n`) a difference of a few hundredths in gold may be chance.
 
 # %%
-if os.path.exists("runs/default/reward/eval.json"):
-    run_dir = "runs/default"
-else:
-    runs = os.environ.get("NANOINSTRUCT_RUNS", "runs")
-    pipeline.main(pipeline.PipelineConfig(name="notebook_reward", preset="quick", runs_dir=runs))
-    run_dir = os.path.join(runs, "notebook_reward")
+run_dir = run_or_quick(["reward/eval.json"], "notebook_reward")
+card = os.path.join(run_dir, "report.json")
+QUICK = os.path.exists(card) and json.load(open(card))["config"]["preset"] == "quick"
 results = json.load(open(os.path.join(run_dir, "reward", "eval.json")))
 print(f"{run_dir}: held-out pairs, RM agrees with the labels on {results['heldout/accuracy']:.1%}, "
       f"with the gold rule on {results.get('heldout/gold_accuracy', float('nan')):.1%}")
 ns = sorted({int(k.split("/")[1]) for k in results if k.startswith("bon/")})
+gold, rm = [results[f"bon/{n}/gold"] for n in ns], [results[f"bon/{n}/rm"] for n in ns]
 fig, ax = plt.subplots(figsize=(5, 3.2))
-ax.plot(ns, [results[f"bon/{n}/gold"] for n in ns], "o-", label="gold score of the pick")
-ax.plot(ns, [results[f"bon/{n}/rm"] for n in ns], "s--", label="RM score of the pick")
-ax.set_xscale("log", base=2); ax.set_xlabel("N"); ax.legend(); ax.set_title("best-of-N")
+ax.plot(ns, gold, "o-", label="gold score of the pick")
+ax.plot(ns, rm, "s--", label="RM score of the pick")
+ax.set_xscale("log", base=2); ax.set_xlabel("N (samples per prompt)"); ax.set_ylabel("mean score of the pick")
+ax.legend(); ax.set_title("best-of-N on test prompts")
 plt.tight_layout(); plt.show()
+for n, g, r in zip(ns, gold, rm):
+    print(f"N={n:<3} gold {g:+.3f}   RM {r:+.3f}")
+if any(math.isnan(v) for v in gold + rm):
+    print("some scores are NaN (no pick ended its answer at that N): this run cannot show the trend")
+else:
+    print(f"this run: the RM score rises from N={ns[0]} to N={ns[-1]}: {rm[-1] > rm[0]}; gold rises too: "
+          f"{gold[-1] > gold[0]}; gold at N={ns[-1]} below its peak (over-optimisation seen): {gold[-1] < max(gold)}"
+          + ("  (a quick run: means nothing)" if QUICK else ""))

@@ -17,9 +17,11 @@
 # takes several small steps on them.
 
 # %%
+import contextlib
 import json
 import os
 import shutil
+import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -28,7 +30,39 @@ import pipeline
 import ppo
 
 os.chdir(os.path.dirname(os.path.abspath(pipeline.__file__)))
-SMOKE = os.environ.get("NANOINSTRUCT_SMOKE") == "1"
+SMOKE = os.environ.get("NANOINSTRUCT_SMOKE") == "1"  # train small things (the tests set it)
+RUN = os.environ.get("NANOINSTRUCT_RUN", "runs/default")  # the run folder this notebook reads
+RUNS = os.environ.get("NANOINSTRUCT_RUNS", "runs")        # where its own runs go (the tests: a temporary folder)
+
+
+def logged(log, fn):
+    """fn(), with what it prints going to the file `log` instead of here. Returns (fn's result, seconds)."""
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    t0 = time.time()
+    with open(log, "w") as f, contextlib.redirect_stdout(f):
+        out = fn()
+    return out, time.time() - t0
+
+
+def run_or_quick(needs, name, **options):
+    """RUN when it holds every path in `needs`; else a quick run of tiny models into RUNS/name."""
+    missing = [p for p in needs if not os.path.exists(os.path.join(RUN, p))]
+    if not missing:
+        print(f"reading the run {RUN}")
+        return RUN
+    cfg = pipeline.PipelineConfig(name=name, preset="quick", runs_dir=RUNS, **options)
+    log = os.path.join(RUNS, name, "pipeline.log")
+    (result, _), seconds = logged(log, lambda: pipeline.main(cfg))
+    lines = open(log).read().splitlines()
+    skipped = [line.split()[1].rstrip(":") for line in lines if line.startswith("== ") and line.endswith("skipped")]
+    print(f"no {missing[0]} in {RUN}: a quick run of tiny models instead (its numbers mean nothing), "
+          f"{seconds:.0f}s, into {os.path.join(RUNS, name)}")
+    print("  stages run:", ", ".join(f"{k} {v:.1f}s" for k, v in result["stage_seconds"].items() if k not in skipped))
+    if skipped:
+        print("  done before, skipped:", ", ".join(skipped))
+    print(f"  the pipeline's progress: {log} ({len(lines)} lines)")
+    return os.path.join(RUNS, name)
+
 
 # %% [markdown]
 # ## Per-token rewards: the KL penalty and the score
@@ -59,6 +93,7 @@ for t in reversed(range(3)):
     print(f"t={t}: delta = {r[t]} + {next_value} - {v[t]} = {delta:+.3f}   A = {advantage:+.4f}")
 adv, ret = ppo.gae(torch.tensor([r + [9.0]]), torch.tensor([v + [9.0]]), mask, gamma, lam)  # a pad at the end
 print("ppo.gae:", adv[0, :3].tolist(), " returns = A + V:", ret[0, :3].tolist())
+print("ppo.gae equals the hand computation:", torch.allclose(adv[0, :3], torch.tensor(by_hand)))
 
 # %% [markdown]
 # ## The clipped policy loss
@@ -75,46 +110,66 @@ plt.title("PPO clipped loss, eps = 0.2"); plt.show()
 
 # %% [markdown]
 # ## The KL leash and over-optimisation
-# The default PPO run (from `python pipeline.py`) keeps a KL penalty of 0.1. Here the same PPO
-# runs without it and with a larger step; the cell prints the rollouts' RM score, gold score and KL
-# to SFT at its first and last iterations. Watch for the RM score rising while the gold score does
-# not follow and the KL grows: the policy walking away from the SFT model for a reward that is not
-# the goal. Without a real run, a quick run with tiny models stands in (its curves mean nothing).
+# The PPO run of the run folder (`runs/default/` from `python pipeline.py`, or `NANOINSTRUCT_RUN`)
+# keeps a KL penalty (the cell prints its coefficient). Here the same PPO runs without it and with a
+# larger step, its progress going to a `train.log`; the next cell plots the rollouts' RM score,
+# gold score and KL to SFT over the iterations of both. Without a run folder, a quick run with tiny
+# models made here stands in (its curves mean nothing).
 
 # %%
-runs = os.environ.get("NANOINSTRUCT_RUNS", "runs")
-if os.path.exists("runs/default/ppo/metrics.jsonl") and not SMOKE:
-    source = "runs/default"
-else:
-    pipeline.main(pipeline.PipelineConfig(name="notebook_ppo", preset="quick", runs_dir=runs))
-    source = os.path.join(runs, "notebook_ppo")
-out = os.path.join(runs, "notebook_ppo_unleashed")
+source = run_or_quick(["ppo/metrics.jsonl", "sft/model.pt", "reward/model.pt", "tokenizer"], "notebook_ppo")
+card = os.path.join(source, "report.json")
+QUICK = SMOKE or (os.path.exists(card) and json.load(open(card))["config"]["preset"] == "quick")
+out = os.path.join(RUNS, "notebook_ppo_unleashed")
 shutil.rmtree(out, ignore_errors=True)
 shutil.copytree(os.path.join(source, "tokenizer"), os.path.join(out, "tokenizer"))
 unleashed = ppo.PPOConfig(out_dir=out, sft_path=os.path.join(source, "sft", "model.pt"),
                           reward_path=os.path.join(source, "reward", "model.pt"), kl_coef=0.0, lr=2e-4,
                           ppo_epochs=2, iterations=3 if SMOKE else 20, rollout_batch=8 if SMOKE else 64,
                           minibatch=4 if SMOKE else 16, max_new_tokens=16 if SMOKE else 48,
-                          eval_every=0, eval_n=2 if SMOKE else 20, quiet=True)
-_ = ppo.train(unleashed)
+                          eval_every=0, eval_n=2 if SMOKE else 20)
+_, seconds = logged(os.path.join(out, "train.log"), lambda: ppo.train(unleashed))
+print(f"unleashed PPO: {unleashed.iterations} iterations of {unleashed.rollout_batch} rollouts in {seconds:.0f}s, "
+      f"progress in {os.path.join(out, 'train.log')}")
+
+# %% [markdown]
+# What to expect. Without the leash the policy is free to walk away from the SFT model for whatever
+# the reward model pays for: its KL to SFT should grow more than the leashed run's, its RM score
+# should rise at least as much, and its gold score should rise less than the leashed run's, or fall:
+# the RM's errors being exploited (over-optimisation, Gao et al. 2022). The cell below checks these
+# on the first and last quarter of the iterations both runs have. A run that disagrees is not proof
+# of the opposite: a few dozen rollouts per iteration make noisy curves, and a short run may stop
+# before the gold score turns. A smoke or quick run (tiny models, a few iterations) means nothing.
 
 # %%
 def curves(path):
     rows = [json.loads(line) for line in open(path)]
     rows = [r for r in rows if "score" in r and "gold" in r]
-    return [r["step"] for r in rows], {k: [r[k] for r in rows] for k in ("score", "gold", "kl")}
+    return [r["step"] for r in rows], {k: [r[k] for r in rows] for k in ("score", "gold", "kl", "kl_coef")}
 
+
+runs_to_plot = {f"KL coef {curves(os.path.join(source, 'ppo', 'metrics.jsonl'))[1]['kl_coef'][0]:g} (the run's)":
+                os.path.join(source, "ppo", "metrics.jsonl"),
+                f"KL coef 0, lr {unleashed.lr:g}": os.path.join(out, "ppo", "metrics.jsonl")}
 fig, axes = plt.subplots(1, 3, figsize=(11, 3))
-for label, path in (("KL coef 0.1 (default)", os.path.join(source, "ppo", "metrics.jsonl")),
-                    ("KL coef 0, lr 2e-4", os.path.join(out, "ppo", "metrics.jsonl"))):
+titles = {"score": ("RM score (rollouts)", "mean RM score"), "gold": ("gold score (rollouts)", "mean gold score"),
+          "kl": ("KL to SFT", "nats per answer")}
+for label, path in runs_to_plot.items():
     steps, c = curves(path)
     for ax, key in zip(axes, ("score", "gold", "kl")):
-        ax.plot(steps, c[key], label=label); ax.set_title({"score": "RM score (rollouts)", "gold": "gold score (rollouts)",
-                                                          "kl": "KL to SFT, nats/answer"}[key]); ax.set_xlabel("iteration")
+        ax.plot(steps, c[key], label=label)
+        ax.set_title(titles[key][0]); ax.set_ylabel(titles[key][1]); ax.set_xlabel("iteration")
 axes[0].legend(fontsize=8); plt.tight_layout(); plt.show()
 
-for label, path in (("default", os.path.join(source, "ppo", "metrics.jsonl")), ("unleashed", os.path.join(out, "ppo", "metrics.jsonl"))):
-    steps, c = curves(path)
-    k = max(1, len(steps) // 4)
-    print(f"{label:9}: first {k} -> last {k} iterations | RM score {sum(c['score'][:k]) / k:+.2f} -> {sum(c['score'][-k:]) / k:+.2f}"
-          f" | gold {sum(c['gold'][:k]) / k:.2f} -> {sum(c['gold'][-k:]) / k:.2f} | KL {sum(c['kl'][:k]) / k:.2f} -> {sum(c['kl'][-k:]) / k:.2f}")
+n = min(len(curves(path)[0]) for path in runs_to_plot.values())  # compare the same iterations of both
+k = max(1, n // 4)
+change = {}
+for name, (label, path) in zip(("leashed", "unleashed"), runs_to_plot.items()):
+    c = {key: values[:n] for key, values in curves(path)[1].items()}
+    change[name] = {key: sum(c[key][n - k:]) / k - sum(c[key][:k]) / k for key in ("score", "gold", "kl")}
+    print(f"{label:22}: first {k} -> last {k} of iterations 1-{n} | " + " | ".join(
+        f"{key} {sum(c[key][:k]) / k:+.3f} -> {sum(c[key][n - k:]) / k:+.3f}" for key in ("score", "gold", "kl")))
+u, l = change["unleashed"], change["leashed"]
+print(f"this run, unleashed vs leashed: KL grew more: {u['kl'] > l['kl']}; RM score rose at least as much: "
+      f"{u['score'] >= l['score']}; gold rose less: {u['gold'] < l['gold']}; unleashed gold fell: {u['gold'] < 0}"
+      + ("  (a smoke or quick run: means nothing)" if QUICK else ""))

@@ -23,14 +23,17 @@
 # request must be answered (refusing it is over-refusal, also a failure).
 
 # %%
+import contextlib
 import json
 import os
+import time
 
 import matplotlib.pyplot as plt
 import torch
 
 import pipeline
 import rlaif
+import sft
 import tasks
 from evaluate import respond
 from judge import (critique_prompt, feedback_conversations, judge_prompt, load_constitution, parse_verdict,
@@ -39,17 +42,49 @@ from model import load_policy
 from tokenizer import Tokenizer
 
 os.chdir(os.path.dirname(os.path.abspath(pipeline.__file__)))
-SMOKE = os.environ.get("NANOINSTRUCT_SMOKE") == "1"
+SMOKE = os.environ.get("NANOINSTRUCT_SMOKE") == "1"  # train small things (the tests set it)
+RUN = os.environ.get("NANOINSTRUCT_RUN", "runs/default")  # the run folder this notebook reads
+RUNS = os.environ.get("NANOINSTRUCT_RUNS", "runs")        # where its own quick run goes (the tests: a temporary folder)
 world = tasks.make_world(0)
+
+
+def logged(log, fn):
+    """fn(), with what it prints going to the file `log` instead of here. Returns (fn's result, seconds)."""
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    t0 = time.time()
+    with open(log, "w") as f, contextlib.redirect_stdout(f):
+        out = fn()
+    return out, time.time() - t0
+
+
+def run_or_quick(needs, name, **options):
+    """RUN when it holds every path in `needs`; else a quick run of tiny models into RUNS/name."""
+    missing = [p for p in needs if not os.path.exists(os.path.join(RUN, p))]
+    if not missing:
+        print(f"reading the run {RUN}")
+        return RUN
+    cfg = pipeline.PipelineConfig(name=name, preset="quick", runs_dir=RUNS, **options)
+    log = os.path.join(RUNS, name, "pipeline.log")
+    (result, _), seconds = logged(log, lambda: pipeline.main(cfg))
+    lines = open(log).read().splitlines()
+    skipped = [line.split()[1].rstrip(":") for line in lines if line.startswith("== ") and line.endswith("skipped")]
+    print(f"no {missing[0]} in {RUN}: a quick run of tiny models instead (its numbers mean nothing), "
+          f"{seconds:.0f}s, into {os.path.join(RUNS, name)}")
+    print("  stages run:", ", ".join(f"{k} {v:.1f}s" for k, v in result["stage_seconds"].items() if k not in skipped))
+    if skipped:
+        print("  done before, skipped:", ", ".join(skipped))
+    print(f"  the pipeline's progress: {log} ({len(lines)} lines)")
+    return os.path.join(RUNS, name)
 
 # %% [markdown]
 # ## The harmlessness axis
 # The corpus states every secret code, so the base model may know it. The demonstrators give it
-# away in 30% of the forbidden requests (`SFTConfig.comply_rate`): helping the one who asks is the
-# crowd's usual slip. The gold grader scores the refusal 1, complying 0, and a refusal of an
-# allowed request 0.
+# away in a share of the forbidden requests (`SFTConfig.comply_rate`, printed below): helping the one
+# who asks is the crowd's usual slip. The gold grader scores the refusal 1, complying 0, and a
+# refusal of an allowed request 0, as the cell shows.
 
 # %%
+print(f"the demonstrators comply with {sft.SFTConfig().comply_rate:.0%} of the forbidden requests (SFTConfig's default)")
 secret = tasks.make_examples(world, "train", 1, families=[f for f in tasks.FAMILIES if f.forbidden])[0]
 city = tasks.make_examples(world, "train", 1, families=[f for f in tasks.FAMILIES if f.name == "person_city"])[0]
 print(secret.messages[-1]["content"])
@@ -71,10 +106,11 @@ for p in principles:
 
 # %% [markdown]
 # ## Teaching a tiny model to judge
-# The papers' feedback models had 52B parameters and judged from a prompt alone. Ours has 1M, so it
-# is taught: the SFT model is fine-tuned on 12,000 *feedback demonstrations*, judgements and
-# critiques written by the gold rule. The judge first writes the answer it would give, then its
-# verdict.
+# The feedback models of Bai et al. (2022) had 52B parameters and judged from a prompt alone. Ours is
+# the size of the SFT model (its parameters are counted once the run is loaded, below), so it is
+# taught: the SFT model is fine-tuned on *feedback demonstrations*, judgements and critiques written
+# by the gold rule (`RLAIFConfig.feedback_examples` of them). The judge first writes the answer it
+# would give, then its verdict. Two of them:
 
 # %%
 for conv in feedback_conversations(world, 2, principles, seed=3, judge_share=0.5):
@@ -94,35 +130,47 @@ for text in ["Answer: 42\nBetter: A", "b", "Better: A\nBetter: B", "Both are fin
 
 # %% [markdown]
 # ## A run with RLAIF and Constitutional AI
-# `python pipeline.py --rlaif` adds seven stages after DPO: the feedback model, the RLAIF preferences and reward model
-# (the RLHF recipe's pairs, labelled by the judge), RLAIF PPO and DPO, SL-CAI and RL-CAI. Here the
-# default run is used when it exists; otherwise a smoke run whose models learned nothing (its
-# numbers mean nothing, and its judge flips coins: `fallback=True`).
+# `python pipeline.py --rlaif` adds stages after DPO (the cell lists them): the feedback model, the
+# RLAIF preferences and reward model (the RLHF recipe's pairs, labelled by the judge), RLAIF PPO and
+# DPO, SL-CAI and RL-CAI. The run folder (`runs/default/`, or `NANOINSTRUCT_RUN`) is used when its
+# report has the judge's results, which only `--rlaif` adds; otherwise a quick run made here, whose
+# models learned nothing (its numbers mean nothing, and its judge flips coins: `fallback=True`).
 
 # %%
-runs = os.environ.get("NANOINSTRUCT_RUNS", "runs")
-if os.path.exists("runs/default/report.json") and "judge" in json.load(open("runs/default/report.json")) and not SMOKE:
-    source = "runs/default"
-else:
-    pipeline.main(pipeline.PipelineConfig(name="notebook_rlaif", preset="quick", runs_dir=runs, rlaif=True))
-    source = os.path.join(runs, "notebook_rlaif")
+card = os.path.join(RUN, "report.json")
+needs = ["report.json", "tokenizer", "sft/model.pt", "rlaif/feedback/model.pt"]
+if os.path.exists(card) and "judge" not in json.load(open(card)):
+    needs.append("report.json with the judge's results (python pipeline.py --rlaif)")  # missing: a quick run
+source = run_or_quick(needs, "notebook_rlaif", rlaif=True)
 report = json.load(open(os.path.join(source, "report.json")))
+QUICK = report["config"]["preset"] == "quick"  # tiny models: the figures below mean nothing
 tok = Tokenizer.load(os.path.join(source, "tokenizer"))
 cfg = rlaif.RLAIFConfig(out_dir=source, **pipeline.PRESETS[report["config"]["preset"]].get("rlaif", {}))
 judge = rlaif.load_judge(cfg, "cpu")
+print(f"{len(rlaif.STAGE_DIRS)} stages after DPO:", ", ".join(rlaif.STAGE_DIRS.values()))
+sft_cfg = torch.load(os.path.join(source, "sft", "model.pt"), map_location="cpu", weights_only=True).get("stage_config", {})
+if "comply_rate" in sft_cfg:
+    print(f"this run's SFT demonstrations complied with {sft_cfg['comply_rate']:.0%} of the forbidden requests")
+print(f"the feedback model: {sum(p.numel() for p in judge.model.parameters()) / 1e6:.2f}M parameters, fine-tuned "
+      f"for {cfg.feedback_steps} steps on {cfg.feedback_examples:,} feedback demonstrations ({cfg.judge_share:.0%} "
+      f"of them judgements)")
 
 # %% [markdown]
 # ## The judge at work, both orders
 # What the judge writes, with the right answer shown as A and then as B. Look at whether its
-# written verdict changes when the answers swap places: a 1M-parameter model trained for 500 steps
-# mostly writes the same verdict in both orders, it did not learn to *compare*. So the
-# default judge reads its verdict off its
-# probabilities instead, as RLAIF reads P("1") and P("2"): the answer it finds more likely after
-# "Answer:", both orders added up so that a favoured position cancels out.
+# written verdict changes when the answers swap places. A judge that compares writes A in one
+# order and B in the other; a model this small, trained this briefly, is expected to write the same
+# letter in both orders on many pairs: it learned a position, not to *compare*. The cell counts the
+# pairs where it does. So the default judge reads its verdict off its probabilities instead, as
+# RLAIF reads P("1") and P("2"): the answer it finds more likely after "Answer:", both orders added
+# up so that a favoured position cancels out. The cell also counts how often that picks the right
+# answer. Five pairs are a glance, not a measurement (the next section has one); on a quick run the
+# judge learned nothing and both counts mean nothing.
 
 # %%
 examples = tasks.make_examples(world, "test", 4, seed=5)
 examples.append(secret)
+same_letter, right = 0, 0
 for ex in examples:
     wrong = ex.mistake
     q = question_of(ex)
@@ -134,6 +182,12 @@ for ex in examples:
     print(f"  writes (right first): {raw[0]!r}   (wrong first): {raw[1]!r}")
     print(f"  log p(right) - log p(wrong): {ratios[0]:+.2f} (right first), {-ratios[1]:+.2f} (wrong first), "
           f"sum {total:+.2f} -> {'right' if total > 0 else 'wrong'} preferred\n")
+    verdicts = [parse_verdict(text) for text in raw]
+    same_letter += verdicts[0] is not None and verdicts[0] == verdicts[1]
+    right += total > 0
+print(f"this run: the same written letter in both orders on {same_letter} of {len(examples)} pairs "
+      f"(mostly: {same_letter > len(examples) / 2}); the likelihood verdict picks the right answer on {right} of "
+      f"{len(examples)}" + ("  (a quick run: means nothing)" if QUICK else ""))
 
 # %% [markdown]
 # ## How good is the judge?
@@ -146,18 +200,22 @@ if j:
     families = sorted(k.split("/")[1] for k in j if k.startswith("agreement/"))
     plt.figure(figsize=(9, 3))
     plt.bar(families, [j[f"agreement/{f}"] for f in families])
-    plt.xticks(rotation=45); plt.ylabel("agreement with gold"); plt.title("the AI judge, per task family")
-    plt.tight_layout(); plt.show()
+    plt.xticks(rotation=45); plt.xlabel("task family"); plt.ylabel("agreement with gold")
+    plt.title("the AI judge, per task family"); plt.tight_layout(); plt.show()
+else:  # the quick run's SFT samples never end their answer: every pair ties under the gold rule
+    print("no judge measurement in this run: no pair of SFT samples was ranked by the gold rule (all ties)")
 print(f"labels of the training pairs that agree with gold: AI judge {labels['train']:.1%}, "
       f"simulated human {labels['human_train']:.1%}")
 
 # %% [markdown]
 # ## Constitutional AI, the supervised stage
 # The SFT model answers; the feedback model critiques the answer against a random principle and
-# revises it; SL-CAI is the SFT model fine-tuned on the revisions. Forbidden requests are a quarter
-# of the prompts, as red-team prompts were in the paper.
+# revises it; SL-CAI is the SFT model fine-tuned on the revisions. Forbidden requests are a share of
+# the prompts (`RLAIFConfig.cai_forbidden_share`, printed below), as red-team prompts were in the paper.
 
 # %%
+print(f"SL-CAI: {cfg.cai_prompts:,} prompts, {cfg.cai_forbidden_share:.0%} of them forbidden requests, "
+      f"{cfg.cai_steps} steps")
 forbidden = tasks.make_examples(world, "test", 6, seed=2, families=[f for f in tasks.FAMILIES if f.forbidden])
 policy = load_policy(os.path.join(source, "sft", "model.pt"), "cpu")
 g = torch.Generator().manual_seed(0)
@@ -177,7 +235,7 @@ if os.path.exists(stats_path):
 # allowed requests it refuses (right is less helpful). The ideal is the top-left corner.
 
 # %%
-models = report["models"]
+models, T = report["models"], report["config"]["sample_temperature"]
 fig, axes = plt.subplots(1, 2, figsize=(11, 4))
 for name, row in models.items():
     if name == "base":
@@ -185,11 +243,13 @@ for name, row in models.items():
     x, y = row["over_refusal"]["sampled"], row["declined"]["sampled"]
     axes[0].scatter(x, y)
     axes[0].annotate(name, (x, y))
-axes[0].set_xlabel("over-refusal on allowed requests (T=0.7)")
-axes[0].set_ylabel("declined forbidden requests (T=0.7)")
+axes[0].set_xlabel(f"over-refusal on allowed requests (T={T})")
+axes[0].set_ylabel(f"declined forbidden requests (T={T})")
+axes[0].set_title("helpful vs harmless (top left is best)")
 names = [m for m in ("sft", "ppo", "dpo", "rlaif_ppo", "rlaif_dpo", "cai_sl", "cai_ppo") if m in models]
 axes[1].bar(names, [models[m]["gold_sampled"] for m in names])
-axes[1].set_title("gold score, sampled (T=0.7)")
+axes[1].set_title(f"gold score, sampled (T={T})")
+axes[1].set_xlabel("model"); axes[1].set_ylabel("mean gold score")
 axes[1].tick_params(axis="x", rotation=45)
 plt.tight_layout()
 plt.show()
