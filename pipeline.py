@@ -18,6 +18,7 @@ stage restarts from its last checkpoint (--resume) where the stage supports it.
 Writes <run>/report.md (printed at the end), <run>/report.json and PNG plots in <run>/plots/.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -220,6 +221,39 @@ def main(cfg):
     print(text)
     print(f"pipeline finished in {format_seconds(time.time() - t_start)} (this invocation); report in {run_dir}/report.md")
     return result, text
+
+
+# -----------------------------------------------------------------------------
+# For the notebooks: read a finished run, or make a quick one
+
+def logged(log, fn):
+    """fn(), with what it prints going to the file `log` instead of the screen. Returns (fn's result, seconds)."""
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    t0 = time.time()
+    with open(log, "w") as f, contextlib.redirect_stdout(f):
+        out = fn()
+    return out, time.time() - t0
+
+
+def run_or_quick(run, needs, name, runs_dir="runs", **options):
+    """The run folder `run` when it holds every path in `needs`; else a quick run of tiny models into
+    runs_dir/name (options go to PipelineConfig), its progress written to a log and summarised here."""
+    missing = [p for p in needs if not os.path.exists(os.path.join(run, p))]
+    if not missing:
+        print(f"reading the run {run}")
+        return run
+    cfg = PipelineConfig(name=name, preset="quick", runs_dir=runs_dir, **options)
+    log = os.path.join(runs_dir, name, "pipeline.log")
+    (result, _), seconds = logged(log, lambda: main(cfg))
+    lines = open(log).read().splitlines()
+    skipped = [line.split()[1].rstrip(":") for line in lines if line.startswith("== ") and line.endswith("skipped")]
+    print(f"no {missing[0]} in {run}: a quick run of tiny models instead (its numbers mean nothing), "
+          f"{seconds:.0f}s, into {os.path.join(runs_dir, name)}")
+    print("  stages run:", ", ".join(f"{k} {v:.1f}s" for k, v in result["stage_seconds"].items() if k not in skipped))
+    if skipped:
+        print("  done before, skipped:", ", ".join(skipped))
+    print(f"  the pipeline's progress: {log} ({len(lines)} lines)")
+    return os.path.join(runs_dir, name)
 
 
 if __name__ == "__main__":

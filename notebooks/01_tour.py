@@ -22,11 +22,9 @@
 # briefly trained, so every stage runs but its numbers mean nothing.
 
 # %%
-import contextlib
 import json
 import math
 import os
-import time
 
 from IPython.display import Image, Markdown, display
 
@@ -38,35 +36,6 @@ RUN = os.environ.get("NANOINSTRUCT_RUN", "runs/default")  # the run folder this 
 RUNS = os.environ.get("NANOINSTRUCT_RUNS", "runs")        # where its own quick run goes (the tests: a temporary folder)
 
 
-def logged(log, fn):
-    """fn(), with what it prints going to the file `log` instead of here. Returns (fn's result, seconds)."""
-    os.makedirs(os.path.dirname(log), exist_ok=True)
-    t0 = time.time()
-    with open(log, "w") as f, contextlib.redirect_stdout(f):
-        out = fn()
-    return out, time.time() - t0
-
-
-def run_or_quick(needs, name, **options):
-    """RUN when it holds every path in `needs`; else a quick run of tiny models into RUNS/name."""
-    missing = [p for p in needs if not os.path.exists(os.path.join(RUN, p))]
-    if not missing:
-        print(f"reading the run {RUN}")
-        return RUN
-    cfg = pipeline.PipelineConfig(name=name, preset="quick", runs_dir=RUNS, **options)
-    log = os.path.join(RUNS, name, "pipeline.log")
-    (result, _), seconds = logged(log, lambda: pipeline.main(cfg))
-    lines = open(log).read().splitlines()
-    skipped = [line.split()[1].rstrip(":") for line in lines if line.startswith("== ") and line.endswith("skipped")]
-    print(f"no {missing[0]} in {RUN}: a quick run of tiny models instead (its numbers mean nothing), "
-          f"{seconds:.0f}s, into {os.path.join(RUNS, name)}")
-    print("  stages run:", ", ".join(f"{k} {v:.1f}s" for k, v in result["stage_seconds"].items() if k not in skipped))
-    if skipped:
-        print("  done before, skipped:", ", ".join(skipped))
-    print(f"  the pipeline's progress: {log} ({len(lines)} lines)")
-    return os.path.join(RUNS, name)
-
-
 # %% [markdown]
 # ## Every stage
 # `pipeline.main` runs tokenizer -> pretrain -> sft -> preferences -> reward -> ppo -> dpo -> report
@@ -75,7 +44,7 @@ def run_or_quick(needs, name, **options):
 # long each stage took and where its log went.
 
 # %%
-source = run_or_quick(["report.json", "plots/best_of_n.png"], "notebook_tour")
+source = pipeline.run_or_quick(RUN, ["report.json", "plots/best_of_n.png"], "notebook_tour", runs_dir=RUNS)
 report = json.load(open(os.path.join(source, "report.json")))
 QUICK = report["config"]["preset"] == "quick"  # tiny models: every figure below means nothing
 print(f"preset {report['config']['preset']!r}; the stages' times in that run:",

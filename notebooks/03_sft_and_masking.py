@@ -16,11 +16,9 @@
 # shows which tokens carry the loss, then trains the same base model with the mask on and off.
 
 # %%
-import contextlib
 import json
 import os
 import shutil
-import time
 
 import matplotlib.pyplot as plt
 from IPython.display import HTML, display
@@ -38,35 +36,6 @@ RUN = os.environ.get("NANOINSTRUCT_RUN", "runs/default")  # the run folder this 
 RUNS = os.environ.get("NANOINSTRUCT_RUNS", "runs")        # where its own runs go (the tests: a temporary folder)
 
 
-def logged(log, fn):
-    """fn(), with what it prints going to the file `log` instead of here. Returns (fn's result, seconds)."""
-    os.makedirs(os.path.dirname(log), exist_ok=True)
-    t0 = time.time()
-    with open(log, "w") as f, contextlib.redirect_stdout(f):
-        out = fn()
-    return out, time.time() - t0
-
-
-def run_or_quick(needs, name, **options):
-    """RUN when it holds every path in `needs`; else a quick run of tiny models into RUNS/name."""
-    missing = [p for p in needs if not os.path.exists(os.path.join(RUN, p))]
-    if not missing:
-        print(f"reading the run {RUN}")
-        return RUN
-    cfg = pipeline.PipelineConfig(name=name, preset="quick", runs_dir=RUNS, **options)
-    log = os.path.join(RUNS, name, "pipeline.log")
-    (result, _), seconds = logged(log, lambda: pipeline.main(cfg))
-    lines = open(log).read().splitlines()
-    skipped = [line.split()[1].rstrip(":") for line in lines if line.startswith("== ") and line.endswith("skipped")]
-    print(f"no {missing[0]} in {RUN}: a quick run of tiny models instead (its numbers mean nothing), "
-          f"{seconds:.0f}s, into {os.path.join(RUNS, name)}")
-    print("  stages run:", ", ".join(f"{k} {v:.1f}s" for k, v in result["stage_seconds"].items() if k not in skipped))
-    if skipped:
-        print("  done before, skipped:", ", ".join(skipped))
-    print(f"  the pipeline's progress: {log} ({len(lines)} lines)")
-    return os.path.join(RUNS, name)
-
-
 # %% [markdown]
 # ## Which tokens carry the loss
 # A base model and its tokenizer: from the run folder (`runs/default/` from `python pipeline.py`, or
@@ -74,7 +43,7 @@ def run_or_quick(needs, name, **options):
 # below mean nothing).
 
 # %%
-source = run_or_quick(["pretrain/model.pt", "tokenizer"], "notebook_sft")
+source = pipeline.run_or_quick(RUN, ["pretrain/model.pt", "tokenizer"], "notebook_sft", runs_dir=RUNS)
 card = os.path.join(source, "report.json")
 QUICK = SMOKE or (os.path.exists(card) and json.load(open(card))["config"]["preset"] == "quick")
 tok = Tokenizer.load(os.path.join(source, "tokenizer"))
@@ -115,7 +84,7 @@ for mask_prompt in (True, False):
     cfg = sft.SFTConfig(out_dir=out, init=os.path.join(source, "pretrain", "model.pt"), mask_prompt=mask_prompt,
                         max_steps=10 if SMOKE else 150, n_examples=200 if SMOKE else 4000, batch_size=16 if SMOKE else 64,
                         ptx_batch_size=2 if SMOKE else 8, warmup_steps=2 if SMOKE else 15, eval_n=0)
-    (model, _, _), seconds = logged(os.path.join(out, "train.log"), lambda: sft.train(cfg))
+    (model, _, _), seconds = pipeline.logged(os.path.join(out, "train.log"), lambda: sft.train(cfg))
     print(f"masking {'on ' if mask_prompt else 'off'}: {cfg.max_steps} steps of {cfg.batch_size} conversations "
           f"in {seconds:.0f}s, progress in {os.path.join(out, 'train.log')}")
     answers = {}
@@ -147,3 +116,4 @@ lo, hi = evaluate.bootstrap_interval(correct[True], paired_with=correct[False])
 print(f"accuracy, masking on - off: {diff:+.1%} (95% interval {lo:+.1%} to {hi:+.1%}, {len(correct[True])} prompts)")
 print(f"this run: masking on does better: {diff > 0}; beyond the noise (interval above 0): {lo > 0}"
       + ("  (a smoke or quick run: means nothing)" if QUICK else ""))
+

@@ -16,11 +16,9 @@
 # `reward.py` fits r with a GPT trunk (initialised from the SFT model) and a scalar head.
 
 # %%
-import contextlib
 import json
 import math
 import os
-import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -35,35 +33,6 @@ os.chdir(os.path.dirname(os.path.abspath(pipeline.__file__)))
 _ = torch.manual_seed(0)
 RUN = os.environ.get("NANOINSTRUCT_RUN", "runs/default")  # the run folder this notebook reads
 RUNS = os.environ.get("NANOINSTRUCT_RUNS", "runs")        # where its own quick run goes (the tests: a temporary folder)
-
-
-def logged(log, fn):
-    """fn(), with what it prints going to the file `log` instead of here. Returns (fn's result, seconds)."""
-    os.makedirs(os.path.dirname(log), exist_ok=True)
-    t0 = time.time()
-    with open(log, "w") as f, contextlib.redirect_stdout(f):
-        out = fn()
-    return out, time.time() - t0
-
-
-def run_or_quick(needs, name, **options):
-    """RUN when it holds every path in `needs`; else a quick run of tiny models into RUNS/name."""
-    missing = [p for p in needs if not os.path.exists(os.path.join(RUN, p))]
-    if not missing:
-        print(f"reading the run {RUN}")
-        return RUN
-    cfg = pipeline.PipelineConfig(name=name, preset="quick", runs_dir=RUNS, **options)
-    log = os.path.join(RUNS, name, "pipeline.log")
-    (result, _), seconds = logged(log, lambda: pipeline.main(cfg))
-    lines = open(log).read().splitlines()
-    skipped = [line.split()[1].rstrip(":") for line in lines if line.startswith("== ") and line.endswith("skipped")]
-    print(f"no {missing[0]} in {RUN}: a quick run of tiny models instead (its numbers mean nothing), "
-          f"{seconds:.0f}s, into {os.path.join(RUNS, name)}")
-    print("  stages run:", ", ".join(f"{k} {v:.1f}s" for k, v in result["stage_seconds"].items() if k not in skipped))
-    if skipped:
-        print("  done before, skipped:", ", ".join(skipped))
-    print(f"  the pipeline's progress: {log} ({len(lines)} lines)")
-    return os.path.join(RUNS, name)
 
 
 # %% [markdown]
@@ -150,7 +119,7 @@ print("last real token of [1 1 1 0 0] and [0 0 1 1 1]:", reward.last_token_index
 # (the run's `bon_n`) a difference of a few hundredths in gold may be chance.
 
 # %%
-run_dir = run_or_quick(["reward/eval.json"], "notebook_reward")
+run_dir = pipeline.run_or_quick(RUN, ["reward/eval.json"], "notebook_reward", runs_dir=RUNS)
 card = os.path.join(run_dir, "report.json")
 QUICK = os.path.exists(card) and json.load(open(card))["config"]["preset"] == "quick"
 results = json.load(open(os.path.join(run_dir, "reward", "eval.json")))

@@ -17,11 +17,9 @@
 # takes several small steps on them.
 
 # %%
-import contextlib
 import json
 import os
 import shutil
-import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -33,35 +31,6 @@ os.chdir(os.path.dirname(os.path.abspath(pipeline.__file__)))
 SMOKE = os.environ.get("NANOINSTRUCT_SMOKE") == "1"  # train small things (the tests set it)
 RUN = os.environ.get("NANOINSTRUCT_RUN", "runs/default")  # the run folder this notebook reads
 RUNS = os.environ.get("NANOINSTRUCT_RUNS", "runs")        # where its own runs go (the tests: a temporary folder)
-
-
-def logged(log, fn):
-    """fn(), with what it prints going to the file `log` instead of here. Returns (fn's result, seconds)."""
-    os.makedirs(os.path.dirname(log), exist_ok=True)
-    t0 = time.time()
-    with open(log, "w") as f, contextlib.redirect_stdout(f):
-        out = fn()
-    return out, time.time() - t0
-
-
-def run_or_quick(needs, name, **options):
-    """RUN when it holds every path in `needs`; else a quick run of tiny models into RUNS/name."""
-    missing = [p for p in needs if not os.path.exists(os.path.join(RUN, p))]
-    if not missing:
-        print(f"reading the run {RUN}")
-        return RUN
-    cfg = pipeline.PipelineConfig(name=name, preset="quick", runs_dir=RUNS, **options)
-    log = os.path.join(RUNS, name, "pipeline.log")
-    (result, _), seconds = logged(log, lambda: pipeline.main(cfg))
-    lines = open(log).read().splitlines()
-    skipped = [line.split()[1].rstrip(":") for line in lines if line.startswith("== ") and line.endswith("skipped")]
-    print(f"no {missing[0]} in {RUN}: a quick run of tiny models instead (its numbers mean nothing), "
-          f"{seconds:.0f}s, into {os.path.join(RUNS, name)}")
-    print("  stages run:", ", ".join(f"{k} {v:.1f}s" for k, v in result["stage_seconds"].items() if k not in skipped))
-    if skipped:
-        print("  done before, skipped:", ", ".join(skipped))
-    print(f"  the pipeline's progress: {log} ({len(lines)} lines)")
-    return os.path.join(RUNS, name)
 
 
 # %% [markdown]
@@ -117,7 +86,8 @@ plt.title("PPO clipped loss, eps = 0.2"); plt.show()
 # models made here stands in (its curves mean nothing).
 
 # %%
-source = run_or_quick(["ppo/metrics.jsonl", "sft/model.pt", "reward/model.pt", "tokenizer"], "notebook_ppo")
+source = pipeline.run_or_quick(RUN, ["ppo/metrics.jsonl", "sft/model.pt", "reward/model.pt", "tokenizer"], "notebook_ppo",
+                               runs_dir=RUNS)
 card = os.path.join(source, "report.json")
 QUICK = SMOKE or (os.path.exists(card) and json.load(open(card))["config"]["preset"] == "quick")
 out = os.path.join(RUNS, "notebook_ppo_unleashed")
@@ -128,7 +98,7 @@ unleashed = ppo.PPOConfig(out_dir=out, sft_path=os.path.join(source, "sft", "mod
                           ppo_epochs=2, iterations=3 if SMOKE else 20, rollout_batch=8 if SMOKE else 64,
                           minibatch=4 if SMOKE else 16, max_new_tokens=16 if SMOKE else 48,
                           eval_every=0, eval_n=2 if SMOKE else 20)
-_, seconds = logged(os.path.join(out, "train.log"), lambda: ppo.train(unleashed))
+_, seconds = pipeline.logged(os.path.join(out, "train.log"), lambda: ppo.train(unleashed))
 print(f"unleashed PPO: {unleashed.iterations} iterations of {unleashed.rollout_batch} rollouts in {seconds:.0f}s, "
       f"progress in {os.path.join(out, 'train.log')}")
 

@@ -21,12 +21,10 @@
 # No reward model, no sampling, no critic: a supervised loop over the preference pairs.
 
 # %%
-import contextlib
 import json
 import math
 import os
 import shutil
-import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -42,35 +40,6 @@ os.chdir(os.path.dirname(os.path.abspath(pipeline.__file__)))
 SMOKE = os.environ.get("NANOINSTRUCT_SMOKE") == "1"  # train small things (the tests set it)
 RUN = os.environ.get("NANOINSTRUCT_RUN", "runs/default")  # the run folder this notebook reads
 RUNS = os.environ.get("NANOINSTRUCT_RUNS", "runs")        # where its own runs go (the tests: a temporary folder)
-
-
-def logged(log, fn):
-    """fn(), with what it prints going to the file `log` instead of here. Returns (fn's result, seconds)."""
-    os.makedirs(os.path.dirname(log), exist_ok=True)
-    t0 = time.time()
-    with open(log, "w") as f, contextlib.redirect_stdout(f):
-        out = fn()
-    return out, time.time() - t0
-
-
-def run_or_quick(needs, name, **options):
-    """RUN when it holds every path in `needs`; else a quick run of tiny models into RUNS/name."""
-    missing = [p for p in needs if not os.path.exists(os.path.join(RUN, p))]
-    if not missing:
-        print(f"reading the run {RUN}")
-        return RUN
-    cfg = pipeline.PipelineConfig(name=name, preset="quick", runs_dir=RUNS, **options)
-    log = os.path.join(RUNS, name, "pipeline.log")
-    (result, _), seconds = logged(log, lambda: pipeline.main(cfg))
-    lines = open(log).read().splitlines()
-    skipped = [line.split()[1].rstrip(":") for line in lines if line.startswith("== ") and line.endswith("skipped")]
-    print(f"no {missing[0]} in {RUN}: a quick run of tiny models instead (its numbers mean nothing), "
-          f"{seconds:.0f}s, into {os.path.join(RUNS, name)}")
-    print("  stages run:", ", ".join(f"{k} {v:.1f}s" for k, v in result["stage_seconds"].items() if k not in skipped))
-    if skipped:
-        print("  done before, skipped:", ", ".join(skipped))
-    print(f"  the pipeline's progress: {log} ({len(lines)} lines)")
-    return os.path.join(RUNS, name)
 
 
 # %% [markdown]
@@ -100,8 +69,8 @@ print("dpo.py :", dpo.dpo_loss(policy_w, policy_l, ref_w, ref_l, beta)[0].item()
 # `NANOINSTRUCT_RUN`), otherwise from a quick run with tiny models made here.
 
 # %%
-source = run_or_quick(["preferences/train.jsonl", "preferences/heldout.jsonl", "sft/model.pt", "pretrain/model.pt",
-                       "tokenizer", "report.json"], "notebook_dpo")
+source = pipeline.run_or_quick(RUN, ["preferences/train.jsonl", "preferences/heldout.jsonl", "sft/model.pt",
+                                    "pretrain/model.pt", "tokenizer", "report.json"], "notebook_dpo", runs_dir=RUNS)
 report = json.load(open(os.path.join(source, "report.json")))
 QUICK = SMOKE or report["config"]["preset"] == "quick"
 cfg = pipeline.stage_configs(pipeline.PipelineConfig(preset=report["config"]["preset"]), source)["dpo"]  # the run's DPO
@@ -173,7 +142,7 @@ for nll_coef in (0.0, 1.0):
         shutil.copytree(os.path.join(source, folder), os.path.join(out, folder))
     run = dpo.DPOConfig(out_dir=out, init=sft_path, nll_coef=nll_coef, max_steps=4 if SMOKE else 100, eval_n=0,
                         compare_sft=False)
-    (trained, _, _), seconds = logged(os.path.join(out, "train.log"), lambda: dpo.train(run))
+    (trained, _, _), seconds = pipeline.logged(os.path.join(out, "train.log"), lambda: dpo.train(run))
     print(f"nll_coef {nll_coef}: {run.max_steps} steps of {run.batch_size} pairs in {seconds:.0f}s, "
           f"progress in {os.path.join(out, 'train.log')}")
     after[nll_coef] = dpo.pair_logprobs(trained, heldout, tok.pad_id, max_len)

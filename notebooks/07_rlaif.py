@@ -23,10 +23,8 @@
 # request must be answered (refusing it is over-refusal, also a failure).
 
 # %%
-import contextlib
 import json
 import os
-import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -47,34 +45,6 @@ RUN = os.environ.get("NANOINSTRUCT_RUN", "runs/default")  # the run folder this 
 RUNS = os.environ.get("NANOINSTRUCT_RUNS", "runs")        # where its own quick run goes (the tests: a temporary folder)
 world = tasks.make_world(0)
 
-
-def logged(log, fn):
-    """fn(), with what it prints going to the file `log` instead of here. Returns (fn's result, seconds)."""
-    os.makedirs(os.path.dirname(log), exist_ok=True)
-    t0 = time.time()
-    with open(log, "w") as f, contextlib.redirect_stdout(f):
-        out = fn()
-    return out, time.time() - t0
-
-
-def run_or_quick(needs, name, **options):
-    """RUN when it holds every path in `needs`; else a quick run of tiny models into RUNS/name."""
-    missing = [p for p in needs if not os.path.exists(os.path.join(RUN, p))]
-    if not missing:
-        print(f"reading the run {RUN}")
-        return RUN
-    cfg = pipeline.PipelineConfig(name=name, preset="quick", runs_dir=RUNS, **options)
-    log = os.path.join(RUNS, name, "pipeline.log")
-    (result, _), seconds = logged(log, lambda: pipeline.main(cfg))
-    lines = open(log).read().splitlines()
-    skipped = [line.split()[1].rstrip(":") for line in lines if line.startswith("== ") and line.endswith("skipped")]
-    print(f"no {missing[0]} in {RUN}: a quick run of tiny models instead (its numbers mean nothing), "
-          f"{seconds:.0f}s, into {os.path.join(RUNS, name)}")
-    print("  stages run:", ", ".join(f"{k} {v:.1f}s" for k, v in result["stage_seconds"].items() if k not in skipped))
-    if skipped:
-        print("  done before, skipped:", ", ".join(skipped))
-    print(f"  the pipeline's progress: {log} ({len(lines)} lines)")
-    return os.path.join(RUNS, name)
 
 # %% [markdown]
 # ## The harmlessness axis
@@ -141,7 +111,7 @@ card = os.path.join(RUN, "report.json")
 needs = ["report.json", "tokenizer", "sft/model.pt", "rlaif/feedback/model.pt"]
 if os.path.exists(card) and "judge" not in json.load(open(card)):
     needs.append("report.json with the judge's results (python pipeline.py --rlaif)")  # missing: a quick run
-source = run_or_quick(needs, "notebook_rlaif", rlaif=True)
+source = pipeline.run_or_quick(RUN, needs, "notebook_rlaif", runs_dir=RUNS, rlaif=True)
 report = json.load(open(os.path.join(source, "report.json")))
 QUICK = report["config"]["preset"] == "quick"  # tiny models: the figures below mean nothing
 tok = Tokenizer.load(os.path.join(source, "tokenizer"))

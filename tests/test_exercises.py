@@ -106,7 +106,7 @@ def test_a_result_of_the_wrong_kind_is_reported_with_its_case(classroom):
 
 
 def test_when_the_checker_itself_cannot_use_a_result_the_case_is_named(monkeypatch):
-    from exercises.checks import call
+    from exercises.checks.harness import call
 
     def check_that_adds_a_string(gae):
         return call("a case", gae, 1) + "x"  # a TypeError in the checker, not in the student's function

@@ -20,7 +20,8 @@ import reward
 import rollout
 from common import masked_mean, masked_whiten
 from exercises import __main__ as checker
-from exercises.checks import CHECKS, CUT, IGNORE_INDEX
+from exercises.checks import CHECKS
+from exercises.checks.harness import CUT, IGNORE_INDEX
 
 
 # ----------------------------------------------------------------------------- render_chat
