@@ -213,7 +213,8 @@ def wilson_interval(k, n, z=1.96):
     p, z2 = k / n, z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * ((p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5) / (1 + z2 / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # at k = 0 (k = n) the bound is exactly 0 (1); rounding can leave it a hair inside, above (below) p
+    return (0.0 if k == 0 else centre - half, 1.0 if k == n else centre + half)
 
 
 def bootstrap_interval(values, paired_with=None, n_boot=2000, seed=0):

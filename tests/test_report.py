@@ -21,6 +21,8 @@ def test_wilson_interval_by_hand():
     assert lo == 0.0 and hi == pytest.approx(1.96 ** 2 / (10 + 1.96 ** 2))
     lo, hi = evaluate.wilson_interval(10, 10)
     assert hi == 1.0 and lo == pytest.approx(10 / (10 + 1.96 ** 2))
+    # n = 6 and n = 11: the formula's rounding lands a hair inside the bound, so p fell outside its interval
+    assert evaluate.wilson_interval(6, 6)[1] == 1.0 and evaluate.wilson_interval(0, 11)[0] == 0.0
 
 
 def test_bootstrap_interval_of_a_mean_and_of_a_paired_difference():
