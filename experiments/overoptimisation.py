@@ -26,7 +26,7 @@ import pipeline
 import ppo
 import reward
 import tasks
-from common import cli
+from common import cli, seed_everything
 from evaluate import bootstrap_interval, eval_sets, kl_to_reference, respond, sample_and_score, score_responses
 from model import load_checkpoint, load_policy
 
@@ -43,6 +43,9 @@ class OveroptimisationConfig:
     """test prompts"""
     n_boot: int = 2000
     """bootstrap resamples of the intervals"""
+    seed: int = 0
+    """seed of the sampling; set again before each model's answers, so a rerun that loads the trained PPO
+    models draws the same answers as the run that trained them"""
     quick: bool = False
     """a smoke run on runs/quick with tiny models"""
 
@@ -76,6 +79,7 @@ def ppo_row(run, cfg, kl_coef, sft_model, rm, tok, examples):
         ppo.train(ppo.PPOConfig(**{**quick, "out_dir": run, "stage": stage, "kl_coef": kl_coef, "eval_every": 0,
                                    "eval_n": 1, "ckpt_every": 0, "quiet": True, "resume": True}))
     policy = load_policy(path, "cpu")
+    seed_everything(cfg.seed)
     prompts = [ex.messages for ex in examples]
     answers = respond(policy, tok, prompts, TEMPERATURE)
     golds = [tasks.grade(ex, a.text, a.ended) for ex, a in zip(examples, answers)]
@@ -92,6 +96,7 @@ def main(cfg):
     sft_model = load_policy(os.path.join(run, "sft", "model.pt"), "cpu")
     rm = reward.load_reward_model(os.path.join(run, "reward", "model.pt"), "cpu")
     examples = eval_sets(tasks.make_world(0), cfg.eval_n)["test"]
+    seed_everything(cfg.seed)
     rows = best_of_n_rows(sft_model, rm, tok, examples, [int(n) for n in cfg.ns.split(",")])
     rows += [ppo_row(run, cfg, float(c), sft_model, rm, tok, examples) for c in cfg.kl_coefs.split(",")]
 

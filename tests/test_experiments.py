@@ -38,6 +38,18 @@ def results(tmp_path_factory):
     return folder, out
 
 
+def test_a_rerun_reproduces_the_sampled_experiment(results):
+    """Again, now loading the PPO models the first run trained: the same sampled answers, the same rows."""
+    folder, out = results
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        again = overoptimisation.main(overoptimisation.OveroptimisationConfig(ns="1,4", kl_coefs="0.1,0", quick=True))
+    finally:
+        os.chdir(cwd)
+    assert json.dumps(again["rows"]) == json.dumps(out["overoptimisation"]["rows"])  # NaN (no answer ended) == NaN
+
+
 def test_every_experiment_writes_its_json_table_and_plot(results):
     folder, out = results
     for name, result in out.items():
