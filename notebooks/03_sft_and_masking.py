@@ -13,7 +13,9 @@
 #
 # SFT is next-token prediction on instruction -> answer conversations, with the loss on the
 # answer only: the model should learn to *answer*, not to write user questions. This notebook
-# shows which tokens carry the loss, then trains the same base model with the mask on and off.
+# shows which tokens carry the loss, then trains the same base model with the mask on and off, and
+# ends with one of the experiments in `experiments/`: does teaching more kinds of task help on tasks
+# never taught?
 
 # %%
 import json
@@ -117,3 +119,61 @@ print(f"accuracy, masking on - off: {diff:+.1%} (95% interval {lo:+.1%} to {hi:+
 print(f"this run: masking on does better: {diff > 0}; beyond the noise (interval above 0): {lo > 0}"
       + ("  (a smoke or quick run: means nothing)" if QUICK else ""))
 
+
+# %% [markdown]
+# ## An experiment: more kinds of task, better zero-shot?
+# FLAN (Wei et al. 2021) instruction-tuned a model on more and more task clusters and found its
+# zero-shot accuracy on clusters it never saw rising with their number, except at small model sizes,
+# where the benefit vanished or reversed. `experiments/task_diversity.py` asks the same of this world.
+# It is short; each point is two calls:
+#
+# ```python
+# families = ORDER[:k]                      # the first k of the 12 taught families
+# model = lab.sft_point(run, "task_diversity", f"k{k}", quick, families=",".join(families))  # sft.train
+# graded = lab.grade(model, tok, {"heldout_task": None, "heldout_phrasing": families}, eval_n)
+# ```
+#
+# Every model sees the same number of demonstrations and steps; only how many families they come from
+# changes. `heldout_task` holds the 3 families no SFT model ever sees (repeat, last, smaller);
+# `heldout_phrasing` the taught families in a phrasing SFT never shows. Training five SFT models takes
+# minutes, so this cell reads the results: those of your run folder when you ran the experiment
+# (`python experiments/task_diversity.py` writes `runs/default/experiments/task_diversity/`), otherwise
+# the ones `docs/experiments.md` shows (`docs/experiments/task_diversity.json`, from a fresh default run
+# of the commit it names).
+
+# %%
+mine = os.path.join(RUN, "experiments", "task_diversity", "results.json")
+path = mine if os.path.exists(mine) else os.path.join("docs", "experiments", "task_diversity.json")
+experiment = json.load(open(path))
+print(f"read {path}: `{experiment['command']}` at commit {experiment['commit']}")
+for row in experiment["rows"]:
+    print(f"k = {row['k']:2}: " + ",  ".join(
+        f"{split} {row[split]['accuracy']:.1%} ({row[split]['accuracy_interval'][0]:.1%}-"
+        f"{row[split]['accuracy_interval'][1]:.1%}, {row[split]['n']} prompts)" for split in ("heldout_task", "heldout_phrasing")))
+
+fig, ax = plt.subplots(figsize=(5, 3))
+ks = [row["k"] for row in experiment["rows"]]
+for split in ("heldout_task", "heldout_phrasing"):
+    values = [row[split]["accuracy"] for row in experiment["rows"]]
+    errors = [[v - row[split]["accuracy_interval"][0] for v, row in zip(values, experiment["rows"])],
+              [row[split]["accuracy_interval"][1] - v for v, row in zip(values, experiment["rows"])]]
+    ax.errorbar(ks, values, yerr=errors, fmt="o-", capsize=3, label=split)
+ax.set_xscale("log", base=2); ax.set_xlabel("taught families in SFT (k)"); ax.set_ylabel("accuracy (greedy)")
+ax.set_title("Task diversity (95% intervals)"); ax.legend(fontsize=8); plt.tight_layout(); plt.show()
+
+# %% [markdown]
+# What to read in it: FLAN's claim holds here if zero-shot accuracy on the unseen tasks at k = 12 is
+# above k = 1 with intervals that do not overlap (the cell below checks it). Where the intervals
+# overlap, this world cannot tell; where the line falls, it agrees with FLAN's small-model result
+# instead. The held-out phrasing line asks a different question: whether the taught families are
+# learned in a way that survives rewording. Try it: change `ORDER` in the script (which families come
+# first) or its `ks`, rerun it, then rerun this cell.
+
+# %%
+first, last = experiment["rows"][0], experiment["rows"][-1]
+for split in ("heldout_task", "heldout_phrasing"):
+    a, b = first[split], last[split]
+    apart = a["accuracy_interval"][1] < b["accuracy_interval"][0] or b["accuracy_interval"][1] < a["accuracy_interval"][0]
+    trend = ("higher" if b["accuracy"] > a["accuracy"] else "lower") if apart else "no difference the intervals can show"
+    print(f"{split}: k = {last['k']} {b['accuracy']:.1%} vs k = {first['k']} {a['accuracy']:.1%}: {trend}"
+          + ("  (a quick run: means nothing)" if experiment["config"].get("quick") else ""))

@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "[0-9]*.py")))
 # the plots each notebook draws from a quick run, in either path (an image/png output each); 07's
 # judge-per-family plot needs pairs the gold rule can rank, which the quick models never answer well enough
-PLOTS = {"01_tour.py": 1, "02_gpt_and_tokenizer.py": 1, "03_sft_and_masking.py": 1, "04_reward_model.py": 1,
+PLOTS = {"01_tour.py": 1, "02_gpt_and_tokenizer.py": 1, "03_sft_and_masking.py": 2, "04_reward_model.py": 1,
          "05_ppo.py": 2, "06_dpo.py": 2, "07_rlaif.py": 1}
 
 
