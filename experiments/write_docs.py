@@ -2,9 +2,10 @@
 experiments/write_docs.py: docs/experiments.md from the experiments' results.
 
 Reads <run>/experiments/<name>/{results.json, table.md, plot.png} of every experiment that has run,
-copies each plot and results.json to docs/experiments/<name>.png and .json and writes docs/experiments.md: per experiment, what
-the literature found (the script's docstring), the command, the table, the plot and what this world
-shows (sentences made from the numbers by the script's `findings`). Nothing in it is typed by hand.
+copies each plot and results.json to docs/experiments/<name>.png and <name>.json (notebook 03 reads
+one) and writes docs/experiments.md: per experiment, what the literature found (the script's
+docstring), the command, the table, the plot and what this world shows (sentences made from the
+numbers by the script's `findings`). Nothing in it is typed by hand.
 
   python experiments/write_docs.py                 # from runs/default
   python experiments/write_docs.py --run runs/quick --out /tmp/docs   # anywhere else
@@ -60,7 +61,7 @@ def section(name, run, out):
         table = f.read().strip()
     os.makedirs(os.path.join(out, "experiments"), exist_ok=True)
     shutil.copy(os.path.join(folder, "plot.png"), os.path.join(out, "experiments", f"{name}.png"))
-    shutil.copy(os.path.join(folder, "results.json"), os.path.join(out, "experiments", f"{name}.json"))  # for notebook 03
+    shutil.copy(os.path.join(folder, "results.json"), os.path.join(out, "experiments", f"{name}.json"))
     title = module.__doc__.strip().splitlines()[0].split(": ", 1)[1]
     return "\n".join([
         f"## {name}: {title}", "",

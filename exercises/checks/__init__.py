@@ -13,13 +13,13 @@ StudentError, which the runner prints as "your function X raised Y on case Z", n
 Where the function is differentiable, `check_gradient` compares its gradient with the solution's on
 the same inputs, so a result cut from the autograd graph (.item(), torch.no_grad, .detach()) fails.
 
-The checks live in four files: harness.py (what every check uses), sft_and_model.py, ppo_steps.py and
-preference_losses.py; this file is the registry.
+The checks live in five files: harness.py (what every check uses), sft_and_model.py, ppo_rollout.py,
+ppo_update.py and preference_losses.py; this file is the registry.
 """
 
 from exercises.checks.harness import ExerciseFailure, StudentError, last_case  # noqa: F401  (the runner's names)
-from exercises.checks.ppo_steps import (check_adaptive_kl, check_gae, check_kl_penalty, check_ppo_losses,
-                                        check_response_logprobs, check_rollout_advantages)
+from exercises.checks.ppo_rollout import check_gae, check_kl_penalty, check_response_logprobs, check_rollout_advantages
+from exercises.checks.ppo_update import check_adaptive_kl, check_ppo_losses
 from exercises.checks.preference_losses import check_bradley_terry, check_dpo_loss
 from exercises.checks.sft_and_model import (check_causal_mask, check_kv_cache_step, check_masking, check_render_chat,
                                             check_sft_loss)
