@@ -263,6 +263,14 @@ def pad_rows(rows, pad_id, side="right"):
     return ids, mask
 
 
+def length_batches(lengths, batch_size):
+    """Indices 0..N-1 in batches of batch_size, shortest rows first: a batch of rows of similar lengths
+    pads little. The callers (evaluation, sampling, scoring) put each result back at its own index.
+    The report's 800 prompts in batches of 256: padded to 2.1 times their total length in the given order, 1.2 sorted."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def render_response(tokenizer, prompt, response, max_len=None):
     """Token ids of prompt + assistant response, ending with <|end|>: what a reward model reads.
     Longer than max_len: cut by the truncation rule (render_responses with one response)."""

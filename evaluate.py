@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 import tasks
-from data import decode_content, pad_rows, render_prompt, render_response
+from data import decode_content, length_batches, pad_rows, render_prompt, render_response
 from generate import generate
 from model import autocast, logprobs
 
@@ -55,21 +55,25 @@ def prompt_ids(model, tok, messages, max_new_tokens):
     return render_prompt(tok, messages, model.config.block_size - max_new_tokens)
 
 
-def respond(model, tok, prompts, temperature=0.0, max_new_tokens=48, batch_size=256, generator=None):
-    """Answer a list of conversations (message lists). Returns [Answer].
+def respond(model, tok, prompts, temperature=0.0, max_new_tokens=48, batch_size=256, generator=None, n=1):
+    """Answer a list of conversations (message lists), n answers each. Returns [Answer]: the n answers
+    of prompt i are answers[i * n:(i + 1) * n].
 
-    A prompt longer than block_size - max_new_tokens keeps only its last tokens (prompt_ids).
+    A prompt longer than block_size - max_new_tokens keeps only its last tokens (prompt_ids). Batches
+    hold about batch_size answers, prompts of similar lengths together (data.length_batches); the n
+    answers of a prompt share its prompt pass (generate's num_samples).
     """
     device = next(model.parameters()).device
-    answers = []
-    for i in range(0, len(prompts), batch_size):
-        ids = [prompt_ids(model, tok, messages, max_new_tokens) for messages in prompts[i:i + batch_size]]
+    ids = [prompt_ids(model, tok, messages, max_new_tokens) for messages in prompts]
+    answers = [None] * (len(prompts) * n)
+    for batch in length_batches([len(row) for row in ids], max(1, batch_size // n)):
         with autocast(device):
-            gen = generate(model, ids, max_new_tokens, temperature=temperature, stop_id=tok.end_id,
-                           pad_id=tok.pad_id, generator=generator)
-        for response, ended in zip(gen.responses, gen.ended):
+            gen = generate(model, [ids[i] for i in batch], max_new_tokens, temperature=temperature,
+                           stop_id=tok.end_id, pad_id=tok.pad_id, generator=generator, num_samples=n)
+        for j, (response, ended) in enumerate(zip(gen.responses, gen.ended)):
             text_ids = response[:-1] if ended else response
-            answers.append(Answer(decode_content(tok, text_ids), ended, len(response), tuple(response)))
+            answers[batch[j // n] * n + j % n] = Answer(decode_content(tok, text_ids), ended, len(response),
+                                                        tuple(response))
     return answers
 
 
@@ -251,16 +255,16 @@ def kl_to_reference(policy, ref, tok, prompts, max_new_tokens=48, batch_size=256
     """
     device = next(policy.parameters()).device
     total = 0.0
-    for i in range(0, len(prompts), batch_size):
-        ids = [prompt_ids(policy, tok, messages, max_new_tokens) for messages in prompts[i:i + batch_size]]
+    ids = [prompt_ids(policy, tok, messages, max_new_tokens) for messages in prompts]
+    for batch in length_batches([len(row) for row in ids], batch_size):  # the sum is order-free
         with autocast(device):
             if answers is None:
-                gen = generate(policy, ids, max_new_tokens, temperature=temperature, stop_id=tok.end_id,
-                               pad_id=tok.pad_id, generator=generator)
+                gen = generate(policy, [ids[i] for i in batch], max_new_tokens, temperature=temperature,
+                               stop_id=tok.end_id, pad_id=tok.pad_id, generator=generator)
                 tokens, mask, P = gen.tokens, gen.attention_mask, gen.prompt_width
             else:  # generate's layout: prompts left-padded to width P, then the answers, right-padded
-                prompts_ids, prompts_mask = pad_rows(ids, tok.pad_id, side="left")
-                answer_ids, answer_mask = pad_rows([list(a.ids) for a in answers[i:i + batch_size]], tok.pad_id)
+                prompts_ids, prompts_mask = pad_rows([ids[i] for i in batch], tok.pad_id, side="left")
+                answer_ids, answer_mask = pad_rows([list(answers[i].ids) for i in batch], tok.pad_id)
                 tokens = torch.cat([prompts_ids, answer_ids], dim=1).to(device)
                 mask, P = torch.cat([prompts_mask, answer_mask], dim=1).to(device), prompts_ids.size(1)
             # entry P-1 of logprobs scores the first response token
@@ -281,13 +285,13 @@ def score_responses(rm, tok, prompts, responses, batch_size=128, raw=False):
     device = next(rm.parameters(), torch.zeros(())).device  # a rule-based rm may have no parameters
     max_len = rm.config.block_size if hasattr(rm, "config") else None
     rows = [render_response(tok, p, r, max_len) for p, r in zip(prompts, responses)]
-    out = []
-    for i in range(0, len(rows), batch_size):
-        ids, mask = pad_rows(rows[i:i + batch_size], tok.pad_id)
+    scores = torch.zeros(len(rows))
+    for batch in length_batches([len(row) for row in rows], batch_size):
+        ids, mask = pad_rows([rows[i] for i in batch], tok.pad_id)
         with autocast(device):
             fn = rm.raw_scores if raw else rm
-            out.append(fn(ids.to(device), mask.to(device)).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+            scores[batch] = fn(ids.to(device), mask.to(device)).float().cpu()
+    return scores
 
 
 def gold_correlation(rm, tok, examples, answers):
@@ -309,8 +313,8 @@ def sample_and_score(policy, rm, tok, prompts, n, temperature=1.0, max_new_token
 
     An answer that never ended gets score -inf: the reward model would read an <|end|> it never wrote.
     """
-    flat = respond(policy, tok, [p for p in prompts for _ in range(n)], temperature=temperature,
-                   max_new_tokens=max_new_tokens, batch_size=256, generator=generator)
+    flat = respond(policy, tok, prompts, temperature=temperature, max_new_tokens=max_new_tokens, batch_size=256,
+                   generator=generator, n=n)
     scores = score_responses(rm, tok, [p for p in prompts for _ in range(n)], [a.text for a in flat])
     ended = torch.tensor([a.ended for a in flat])
     scores = scores.masked_fill(~ended, float("-inf")).view(len(prompts), n)

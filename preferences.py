@@ -111,8 +111,8 @@ def policy_preferences(model, tok, examples, labeler, k=4, temperature=1.0, max_
     prompt's samples, so every prompt teaches its family's typical mistake, also where all k
     samples were right.
     """
-    answers = respond(model, tok, [ex.messages for ex in examples for _ in range(k)],
-                      temperature=temperature, max_new_tokens=max_new_tokens, batch_size=256, generator=generator)
+    answers = respond(model, tok, [ex.messages for ex in examples], temperature=temperature,
+                      max_new_tokens=max_new_tokens, batch_size=256, generator=generator, n=k)
     candidates = []  # (example, answer a, answer b): the comparisons to ask the labeler for
     for i, ex in enumerate(examples):
         texts = []

@@ -126,3 +126,32 @@ def test_prompt_ids_leave_room_for_the_answer():
     assert len(full) > 20 and ids == full[:1] + full[-19:]
     short = [{"role": "user", "content": "add two"}]
     assert evaluate.prompt_ids(model, tok, short, 12) == evaluate.render_prompt(tok, short)
+
+
+def test_respond_and_score_responses_put_each_result_back_at_its_prompt():
+    # prompts of different lengths are batched shortest first (data.length_batches); every answer and
+    # score must still come back at its own prompt's index, the n answers of prompt i at i * n ... i * n + n - 1
+    tok = Tokenizer.train("add two and three, then five. " * 50, 300)
+    torch.manual_seed(0)
+    policy = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)).eval()
+    prompts = [[{"role": "user", "content": "add two and three, then five " * k}] for k in (3, 1, 2, 1, 4)]
+    alone = [evaluate.respond(policy, tok, [p], 0.0, 6)[0] for p in prompts]
+    assert evaluate.respond(policy, tok, prompts, 0.0, 6, batch_size=2) == alone
+    assert evaluate.respond(policy, tok, prompts, 0.0, 6, batch_size=4, n=2) == [a for a in alone for _ in range(2)]
+    sampled = evaluate.respond(policy, tok, prompts, 1.0, 6, generator=torch.Generator().manual_seed(0), n=3)
+    assert len(sampled) == 15 and sampled == evaluate.respond(policy, tok, prompts, 1.0, 6, n=3,
+                                                               generator=torch.Generator().manual_seed(0))
+
+    class Length(torch.nn.Module):  # scores a row by its number of real tokens
+        def forward(self, ids, attention_mask):
+            return attention_mask.sum(dim=1).float()
+
+    responses = ["five", "two and three", "", "add two and three, then five", "three"]
+    scores = evaluate.score_responses(Length(), tok, prompts, responses, batch_size=2)
+    assert scores.tolist() == [float(len(evaluate.render_response(tok, p, r))) for p, r in zip(prompts, responses)]
+
+
+def test_length_batches_by_hand():
+    from data import length_batches
+    assert length_batches([5, 1, 3, 1, 4], 2) == [[1, 3], [2, 4], [0]]
+    assert length_batches([], 3) == []

@@ -97,6 +97,24 @@ def test_padded_batch_gives_each_row_what_it_gives_alone(model):
         assert torch.allclose(batch.logprobs[i], alone.logprobs[0], atol=1e-5)
 
 
+def test_num_samples_shares_the_prompt_pass_and_gives_what_repeated_prompts_give(model):
+    prompts = [[7, 8, 9, 10, 11, 12], [3], [4, 4, 2]]
+    repeated = [p for p in prompts for _ in range(3)]
+    for temperature in (0.0, 1.0):
+        shared = generate(model, prompts, 10, temperature=temperature, return_logprobs=True, num_samples=3,
+                          generator=torch.Generator().manual_seed(5))
+        plain = generate(model, repeated, 10, temperature=temperature, return_logprobs=True,
+                         generator=torch.Generator().manual_seed(5))
+        assert shared.responses == plain.responses and torch.equal(shared.tokens, plain.tokens)
+        assert torch.allclose(shared.logprobs, plain.logprobs, atol=1e-5)
+    uncached = generate(model, prompts, 10, temperature=1.0, num_samples=3, use_cache=False,
+                        generator=torch.Generator().manual_seed(5))
+    assert uncached.responses == shared.responses
+    assert len(set(map(tuple, shared.responses[3:6]))) > 1  # the copies of a prompt are sampled apart
+    with pytest.raises(ValueError, match="num_samples"):
+        generate(model, prompts, 4, num_samples=0)
+
+
 def test_generation_logprobs_match_logprobs_helper(model):
     gen = generate(model, [[1, 2, 3], [4]], 8, temperature=0.8, return_logprobs=True,
                    generator=torch.Generator().manual_seed(0))
