@@ -177,9 +177,13 @@ def collate_pairs(examples, pad_id, max_len):
 
 
 def row_logprobs(model, batch):
-    """Sequence logprobs (R,) of every row of a collated batch (input_ids, targets: (R, T), right-padded)."""
-    logits, _ = model(batch["input_ids"])  # (R, T, V); right padding: no real token ever sees a pad
-    return sequence_logprobs(logits, batch["targets"], batch["targets"] != IGNORE_INDEX)
+    """Sequence logprobs (R,) of every row of a collated batch (input_ids, targets: (R, T), right-padded):
+    sequence_logprobs, with the LM head run on the answers' tokens only (GPT's `only`)."""
+    answer = batch["targets"] != IGNORE_INDEX  # (R, T); right padding: no real token ever sees a pad
+    logits, _ = model(batch["input_ids"], only=answer)  # (n, V), the answer tokens of every row in turn
+    token_logps = logprobs_from_logits(logits, batch["targets"][answer])  # (n,), fp32 log-softmax
+    row = answer.nonzero()[:, 0]  # the row of each of those tokens
+    return torch.zeros(answer.size(0), device=token_logps.device).index_add(0, row, token_logps)
 
 
 def concatenated_logprobs(model, batch):

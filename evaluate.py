@@ -267,9 +267,9 @@ def kl_to_reference(policy, ref, tok, prompts, max_new_tokens=48, batch_size=256
                 answer_ids, answer_mask = pad_rows([list(answers[i].ids) for i in batch], tok.pad_id)
                 tokens = torch.cat([prompts_ids, answer_ids], dim=1).to(device)
                 mask, P = torch.cat([prompts_mask, answer_mask], dim=1).to(device), prompts_ids.size(1)
-            # entry P-1 of logprobs scores the first response token
-            diff = (logprobs(policy, tokens, mask, temperature)[:, P - 1:]
-                    - logprobs(ref, tokens, mask, temperature)[:, P - 1:])  # (B, N)
+            # start=P-1: entry 0 scores the first response token
+            diff = (logprobs(policy, tokens, mask, temperature, start=P - 1)
+                    - logprobs(ref, tokens, mask, temperature, start=P - 1))  # (B, N)
         total += (diff * mask[:, P:]).sum().item()  # response tokens only
     return total / max(len(prompts), 1)
 

@@ -171,9 +171,16 @@ class GPT(nn.Module):
             cache.length += T
         return self.ln_f(x)
 
-    def forward(self, idx, targets=None, attention_mask=None, cache=None):
-        """Logits (B, T, V); and the mean loss over targets != IGNORE_INDEX when targets are given."""
-        logits = self.lm_head(self.hidden_states(idx, attention_mask, cache))
+    def forward(self, idx, targets=None, attention_mask=None, cache=None, only=None):
+        """Logits (B, T, V); and the mean loss over targets != IGNORE_INDEX when targets are given.
+
+        only: a bool mask (B, T) of the positions whose logits are wanted; logits is then (n, V), the
+        True positions in row-major order (hidden[only]), and targets must be the (n,) targets of those.
+        The LM head and its log-softmax over the whole vocabulary are a quarter of a training step;
+        SFT, DPO and the reward model need them at the answer's tokens only, a sixth of a row here.
+        """
+        hidden = self.hidden_states(idx, attention_mask, cache)
+        logits = self.lm_head(hidden if only is None else hidden[only])
         loss = lm_loss(logits, targets) if targets is not None else None
         return logits, loss
 
@@ -210,11 +217,11 @@ def causal_mask(attention_mask, T):
 def lm_loss(logits, targets, reduction="mean"):
     """Next-token cross-entropy, ignoring targets equal to IGNORE_INDEX.
 
-    logits: (B, T, V); targets: (B, T). reduction "mean" divides by the number of supervised
-    targets (0 loss, not NaN, when there are none); "sum" returns the sum, for callers that
-    normalise over several micro-batches of a gradient-accumulation step.
+    logits: (B, T, V) or (n, V) (GPT's `only`); targets: (B, T) or (n,). reduction "mean" divides by
+    the number of supervised targets (0 loss, not NaN, when there are none); "sum" returns the sum,
+    for callers that normalise over several micro-batches of a gradient-accumulation step.
     """
-    loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+    loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=IGNORE_INDEX, reduction="sum")
     if reduction == "sum":
         return loss_sum
@@ -226,19 +233,21 @@ def lm_loss(logits, targets, reduction="mean"):
 # Log-probabilities
 
 
-def logprobs(model, ids, attention_mask=None, temperature=1.0):
+def logprobs(model, ids, attention_mask=None, temperature=1.0, start=0):
     """log p(ids[:, t+1] | ids[:, :t+1]) under softmax(logits / temperature), in fp32.
 
-    ids: (B, T) -> (B, T-1). Entry t scores token t+1. Used by the reward model, PPO (with the
-    rollout temperature, as in OpenAI's lm-human-preferences) and DPO. Callers mask out prompt
-    and pad positions themselves.
+    ids: (B, T) -> (B, T-1-start). Entry t scores token t+1 + start: start = P - 1 gives the N
+    tokens after a prompt of width P, and the LM head runs on those columns only (with a 40-token
+    prompt and a 5-token answer, a sixth of the vocabulary-wide work). Used by the reward model,
+    PPO (with the rollout temperature, as in OpenAI's lm-human-preferences), DPO and the KL.
+    Callers mask out prompt and pad positions themselves.
     """
-    logits, _ = model(ids, attention_mask=attention_mask)
-    return logprobs_from_logits(logits[:, :-1], ids[:, 1:], temperature)
+    hidden = model.hidden_states(ids, attention_mask)[:, start:-1]  # (B, T-1-start, C)
+    return logprobs_from_logits(model.lm_head(hidden), ids[:, start + 1:], temperature)
 
 
 def logprobs_from_logits(logits, targets, temperature=1.0):
-    """Gather log softmax(logits / temperature) at targets. logits (B, T, V), targets (B, T)."""
+    """Gather log softmax(logits / temperature) at targets. logits (..., V), targets (...)."""
     logp = F.log_softmax(logits.float() / temperature, dim=-1)
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
 

@@ -170,11 +170,13 @@ class RewardModel(nn.Module):
     def answer_logprob(self, ids, attention_mask, hidden):
         """log p(answer | prompt) (B,): the trunk's LM head on `hidden`, summed over the tokens after
         the last <|assistant|> (the answer and its <|end|>), pads left out."""
-        token_logprobs = logprobs_from_logits(self.gpt.lm_head(hidden[:, :-1]), ids[:, 1:])  # (B, T-1): token t+1
         positions = torch.arange(ids.size(1), device=ids.device)  # (T,)
         last_assistant = (positions * (ids == self.assistant_id).long()).argmax(dim=1)  # (B,)
-        answer = (positions[1:] > last_assistant[:, None]) & attention_mask[:, 1:].bool()  # (B, T-1)
-        return (token_logprobs * answer).sum(dim=1)
+        answer = (positions[1:] > last_assistant[:, None]) & attention_mask[:, 1:].bool()  # (B, T-1): token t+1
+        # the LM head on the answer's positions only (n, V): a sixth of a row here
+        token_logprobs = logprobs_from_logits(self.gpt.lm_head(hidden[:, :-1][answer]), ids[:, 1:][answer])  # (n,)
+        row = answer.nonzero()[:, 0]  # the row of each answer token
+        return torch.zeros(ids.size(0), device=ids.device).index_add(0, row, token_logprobs.float())
 
     def forward(self, ids, attention_mask=None):
         """Normalised scores (B,) = (raw - score_mean) / score_std."""

@@ -197,8 +197,9 @@ def train(cfg):
         return batches
 
     def loss_fn(model, batch):
-        logits, _ = model(batch["input_ids"], attention_mask=None)  # right padding: no mask needed
-        loss_sum = lm_loss(logits, batch["targets"], reduction="sum")
+        supervised = batch["targets"] != IGNORE_INDEX  # the answers' tokens: the LM head runs there only
+        logits, _ = model(batch["input_ids"], only=supervised)  # right padding: no attention mask needed
+        loss_sum = lm_loss(logits, batch["targets"][supervised], reduction="sum")
         if "replay_ids" not in batch:
             return loss_sum, {"sft_loss": loss_sum.detach()}
         # loss = SFT loss + ptx_coef * LM loss on pretraining text: the pretraining mix of InstructGPT

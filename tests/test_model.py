@@ -74,6 +74,9 @@ def test_logprobs_against_direct_computation(model):
         for t in range(8):
             direct = torch.log(torch.softmax(logits[b, t] / 0.7, dim=-1)[ids[b, t + 1]])
             assert abs(lp[b, t].item() - direct.item()) < 1e-5
+    # start: only the entries from column start on, each still scoring the token after it
+    assert torch.allclose(logprobs(model, ids, temperature=0.7, start=5), lp[:, 5:], atol=1e-6)
+    assert logprobs(model, ids, start=5).shape == (3, 3)
 
 
 def test_cached_generation_equals_uncached(model):
