@@ -6,7 +6,7 @@ loss on the prompt too does no harm or even helps small data (Shi et al. 2024, "
 loss over instructions", arXiv 2405.14394). Here the same base model is tuned twice with the pipeline's
 SFT settings, `--mask-prompt true` and `false`, and graded on every split.
 
-  python experiments/masking.py           # about 6 minutes on 2 CPU cores (needs runs/default: pipeline.py)
+  python experiments/masking.py           # about 5 minutes on 2 CPU cores (needs runs/default: pipeline.py)
   python experiments/masking.py --quick   # a smoke run on runs/quick (seconds; the numbers mean nothing)
 
 Writes runs/default/experiments/masking/{results.json, table.md, plot.png}.

@@ -8,7 +8,7 @@ taught families with 1, 2, 4 or all 8 seen phrasings per family (the same number
 steps), then asked in the ninth phrasing, which SFT never shows (`heldout_phrasing`), and in the seen
 ones on new items (`test`).
 
-  python experiments/phrasings.py           # about 6 minutes on 2 CPU cores (needs runs/default: pipeline.py)
+  python experiments/phrasings.py           # about 4 minutes on 2 CPU cores (needs runs/default: pipeline.py)
   python experiments/phrasings.py --quick   # a smoke run on runs/quick (seconds; the numbers mean nothing)
 
 Writes runs/default/experiments/phrasings/{results.json, table.md, plot.png}.

@@ -10,7 +10,7 @@ Here the same base model is tuned, with the same number of steps, on
   - the default noisy mix: 1,000 and 16,000,
 then graded on the test split (accuracy and gold score) and on forbidden requests (share declined).
 
-  python experiments/quality_vs_quantity.py           # about 8 minutes on 2 CPU cores (needs runs/default)
+  python experiments/quality_vs_quantity.py           # about 7 minutes on 2 CPU cores (needs runs/default)
   python experiments/quality_vs_quantity.py --quick   # a smoke run on runs/quick (seconds; the numbers mean nothing)
 
 Writes runs/default/experiments/quality_vs_quantity/{results.json, table.md, plot.png}.

@@ -9,7 +9,7 @@ demonstrations and steps, then asked
   - zero-shot, the 3 held-out families (`heldout_task`: repeat, last, smaller, never in SFT), and
   - the taught families in the phrasing SFT never shows (`heldout_phrasing`, over the k families trained).
 
-  python experiments/task_diversity.py           # about 7 minutes on 2 CPU cores (needs runs/default: pipeline.py)
+  python experiments/task_diversity.py           # about 5 minutes on 2 CPU cores (needs runs/default: pipeline.py)
   python experiments/task_diversity.py --quick   # a smoke run on runs/quick (seconds; the numbers mean nothing)
 
 Writes runs/default/experiments/task_diversity/{results.json, table.md, plot.png}.
