@@ -85,8 +85,8 @@ def response_logprobs(policy, ids, attention_mask, prompt_width, temperature):
     ids, attention_mask: (B, P + N), prompts left-padded to width P; column P - 1 + t predicts
     response token t. The same function computes the rollout's and the training's logprobs.
     """
-    hidden = policy.hidden_states(ids, attention_mask)[:, prompt_width - 1:-1]  # (B, N, C)
-    logits = policy.lm_head(hidden)  # (B, N, V): the LM head on the response columns only
+    logits, _ = policy(ids, attention_mask=attention_mask)
+    logits = logits[:, prompt_width - 1:-1]  # (B, N, V)
     logprobs = logprobs_from_logits(logits, ids[:, prompt_width:], temperature)  # logits / T [4]
     with torch.no_grad():
         logp = F.log_softmax(logits.float() / temperature, dim=-1)
