@@ -11,7 +11,7 @@ and the run's reward model the proxy, both optimisers start from the run's SFT m
     its KL is estimated on its own samples at T = 0.7 (evaluate.kl_to_reference, PPO's estimator).
 Every point: proxy (RM score) and gold score of answers sampled at T = 0.7 on the same test prompts.
 
-  python experiments/overoptimisation.py           # about 6 minutes on 2 CPU cores (needs runs/default)
+  python experiments/overoptimisation.py           # about 7 minutes on 2 CPU cores (needs runs/default)
   python experiments/overoptimisation.py --quick   # a smoke run on runs/quick (seconds; the numbers mean nothing)
 
 Writes runs/default/experiments/overoptimisation/{results.json, table.md, plot.png}.
