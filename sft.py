@@ -197,7 +197,7 @@ def train(cfg):
         return batches
 
     def loss_fn(model, batch):
-        supervised = batch["targets"] != IGNORE_INDEX  # the answers' tokens: the LM head runs there only
+        supervised = batch["targets"] != IGNORE_INDEX  # the answers' tokens: the LM head runs there only (GPT's `only`)
         logits, _ = model(batch["input_ids"], only=supervised)  # right padding: no attention mask needed
         loss_sum = lm_loss(logits, batch["targets"][supervised], reduction="sum")
         if "replay_ids" not in batch:

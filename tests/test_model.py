@@ -57,6 +57,21 @@ def test_loss_ignores_masked_targets_and_is_finite_when_all_masked(model):
     loss.backward()  # and a backward pass through it is fine
 
 
+def test_only_gives_the_logits_and_loss_of_the_chosen_positions(model):
+    from model import row_sums
+    ids = torch.randint(0, 50, (3, 9))
+    only = torch.zeros(3, 9, dtype=torch.bool)
+    only[0, 2:5], only[2, 7:] = True, True  # row 1 has no position: its sum is 0
+    full, _ = model(ids)
+    logits, _ = model(ids, only=only)
+    assert logits.shape == (5, 50) and torch.allclose(logits, full[only], atol=1e-6)
+    targets = torch.full((3, 9), IGNORE_INDEX)
+    targets[only] = ids[only]
+    assert torch.allclose(lm_loss(logits, ids[only], "sum"), lm_loss(full, targets, "sum"), atol=1e-5)
+    values = torch.arange(1.0, 6.0)  # 1, 2, 3 in row 0; 4, 5 in row 2
+    assert row_sums(values, only).tolist() == [6.0, 0.0, 9.0]
+
+
 def test_lm_loss_sum_over_micro_batches_equals_mean_over_all_tokens():
     logits = torch.randn(4, 6, 9)
     targets = torch.randint(0, 9, (4, 6))
