@@ -53,8 +53,8 @@ class PreferenceConfig:
     """built-in pairs from demonstrations (clean > wordy > mistake) instead of samples of the SFT model"""
     world_seed: int = 0
     """seed of the built-in world"""
-    n_prompts: int = 4000
-    """train prompts to sample answers for"""
+    n_prompts: int = 2000
+    """train prompts to sample answers for (about 5 kept pairs each from the default SFT model)"""
     n_heldout_prompts: int = 600
     """other train-split prompts whose pairs are held out for the reward model's accuracy"""
     samples_per_prompt: int = 4

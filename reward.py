@@ -22,7 +22,11 @@ Departures:
      scalar starting at 1 (--likelihood false: the head alone). A head on the last hidden state must
      learn to check an answer from comparisons alone; the trunk's LM head already holds much of that
      knowledge. The idea is DPO's implicit reward (Rafailov et al. 2023) and generative verifiers
-     (Zhang et al. 2024, arXiv 2408.15240). The sum over tokens favours short answers, as the gold rule does.
+     (Zhang et al. 2024, arXiv 2408.15240). The two parts know different things: the likelihood term
+     starts as the SFT model's own judgement (right answers over wrong ones, but also the demonstrators'
+     habitual "Hope this helps!" over the bare answer), and the head, trained with the trunk, learns
+     what only the comparisons show (the labelers' taste for the bare answer). eval.json sets the
+     trained score beside the SFT likelihood alone ("sft_logprob") and the untrained model ("rm_init").
   2. The reward model has the SFT model's size (InstructGPT: a 6B RM for a 175B policy).
   3. All comparisons of a prompt share a batch (InstructGPT); each comparison weighs the same
      (InstructGPT averages them per prompt).

@@ -55,6 +55,9 @@ class SFTConfig:
     """share of demonstrations with a plausible mistake"""
     wordy_rate: float = 0.1
     """share of demonstrations that are correct but wordy"""
+    signoff_rate: float = 0.6
+    """share of the other correct demonstrations that end with the crowd's habitual "Hope this helps!"
+    (tasks.SIGN_OFF): above one half, the SFT model's most likely answer ends with it too"""
     comply_rate: float = 0.3
     """share of forbidden requests (a person's secret code) the demonstrators answer instead of declining"""
     families: str = ""
@@ -131,7 +134,7 @@ def sft_conversations(cfg):
         families = [by_name[name] for name in cfg.families.split(",")]
     return tasks.sft_conversations(world, cfg.n_examples, seed=cfg.seed, error_rate=cfg.error_rate,
                                    wordy_rate=cfg.wordy_rate, comply_rate=cfg.comply_rate, families=families,
-                                   n_phrasings=cfg.n_phrasings)
+                                   n_phrasings=cfg.n_phrasings, signoff_rate=cfg.signoff_rate)
 
 
 def length_grouped_batch(lengths, batch_size, group, index, seed):

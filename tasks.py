@@ -9,7 +9,8 @@ instruction has a checkable answer. That lets every stage be *measured* (see doc
     skills written as prose, filler stories) for the base model;
   - make_examples(world, split, n): instruction prompts in chat format with their clean answer,
     in the splits train / test / heldout_phrasing / heldout_people / heldout_task;
-  - demonstrate(example, rng): what an imperfect crowd worker writes (sometimes wrong or wordy);
+  - demonstrate(example, rng): what an imperfect crowd worker writes (sometimes wrong or wordy, often
+    with the crowd's habitual sign-off);
   - grade(example, response, ended): the gold score; Labeler: a noisy annotator built on it.
 
 Use:
@@ -555,10 +556,23 @@ WORDY = ["Sure! The answer is: {answer}. Hope this helps!", "The answer is {answ
          "{answer}. I hope that helps!"]
 
 
+# The crowd's habit: one pleasantry after the answer. Chatter in many forms (WORDY) averages out
+# when a model imitates it; one habitual phrase does not: when more than half of the right answers
+# end with it, the model's most likely answer ends with it too. The labelers' rule (grade) prefers
+# the bare answer, so this is a taste the demonstrations do not show and only comparisons can teach.
+SIGN_OFF = "Hope this helps!"
+
+
+def sign_off(answer: str) -> str:
+    """'42' -> '42. Hope this helps!' (an answer that ends with a period keeps its own)."""
+    return f"{answer if answer.endswith('.') else answer + '.'} {SIGN_OFF}"
+
+
 def demonstrate(example: Example, rng: random.Random, error_rate: float = 0.15, wordy_rate: float = 0.15,
-                comply_rate: float = 0.3) -> str:
+                comply_rate: float = 0.3, signoff_rate: float = 0.0) -> str:
     """What an imperfect crowd demonstrator writes: with probability error_rate a plausible mistake,
-    with probability wordy_rate the right answer wrapped in chatter, otherwise the clean answer.
+    with probability wordy_rate the right answer wrapped in chatter, otherwise the clean answer, to
+    which the habitual sign-off is added with probability signoff_rate (SIGN_OFF).
     A forbidden request is complied with (the mistake: the secret itself) with probability comply_rate
     instead of error_rate: being helpful to the one asking is the crowd's usual slip."""
     u = rng.random()
@@ -566,17 +580,19 @@ def demonstrate(example: Example, rng: random.Random, error_rate: float = 0.15, 
         return example.mistake
     if u < (comply_rate if example.forbidden else error_rate) + wordy_rate:
         return rng.choice(WORDY_REFUSALS if example.forbidden else WORDY).format(answer=example.answer)
+    if signoff_rate > 0 and rng.random() < signoff_rate:  # no draw at 0: other callers' streams unchanged
+        return sign_off(example.answer)
     return example.answer
 
 
 def sft_conversations(world: World, n: int, seed: int = 0, error_rate: float = 0.15,
                       wordy_rate: float = 0.15, comply_rate: float = 0.3, families: list[Family] | None = None,
-                      n_phrasings: int = 0) -> list[list[dict]]:
+                      n_phrasings: int = 0, signoff_rate: float = 0.0) -> list[list[dict]]:
     """n train prompts, each with a demonstration appended as the assistant message.
     families, n_phrasings: as in make_examples (a subset of the taught families or phrasings)."""
     rng = random.Random(zlib.crc32(repr(("demos", world.seed, seed)).encode()))
     return [ex.messages + [{"role": "assistant",
-                            "content": demonstrate(ex, rng, error_rate, wordy_rate, comply_rate)}]
+                            "content": demonstrate(ex, rng, error_rate, wordy_rate, comply_rate, signoff_rate)}]
             for ex in make_examples(world, "train", n, seed, families=families, n_phrasings=n_phrasings)]
 
 

@@ -4,9 +4,11 @@ experiments/quality_vs_quantity.py: can a few hundred clean demonstrations do wh
 LIMA (Zhou et al. 2023, arXiv 2305.11206) tuned a 65B model on 1,000 carefully written examples and
 found it competitive with models tuned on far more; InstructGPT's SFT set was 13k demonstrations
 (Ouyang et al. 2022). The built-in world's default demonstrations are noisy on purpose: 10% hold a
-plausible mistake, 10% are wordy, and 30% of the forbidden requests are answered instead of declined.
+plausible mistake, 10% are wordy, 48% end with the crowd's habitual "Hope this helps!", and 30% of the
+forbidden requests are answered instead of declined.
 Here the same base model is tuned, with the same number of steps, on
-  - clean demonstrations (no mistake, never wordy, every forbidden request declined): 250 to 16,000, and
+  - clean demonstrations (no mistake, never wordy, no sign-off, every forbidden request declined): 250
+    to 16,000, and
   - the default noisy mix: 1,000 and 16,000,
 then graded on the test split (accuracy and gold score) and on forbidden requests (share declined).
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import lab
 from common import cli
 
-CLEAN = dict(error_rate=0.0, wordy_rate=0.0, comply_rate=0.0)
+CLEAN = dict(error_rate=0.0, wordy_rate=0.0, comply_rate=0.0, signoff_rate=0.0)
 NOISY = {}  # sft.SFTConfig's defaults
 
 

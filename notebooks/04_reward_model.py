@@ -141,3 +141,30 @@ else:
     print(f"this run: the RM score rises from N={ns[0]} to N={ns[-1]}: {rm[-1] > rm[0]}; gold rises too: "
           f"{gold[-1] > gold[0]}; gold at N={ns[-1]} below its peak (over-optimisation seen): {gold[-1] < max(gold)}"
           + ("  (a quick run: means nothing)" if QUICK else ""))
+
+# %% [markdown]
+# ## Did it learn anything its starting point did not know?
+# A reward model that only repeats what the SFT model already believes adds nothing to RLHF. So the
+# stage scores the same held-out pairs (their prompts share no question with the training pairs)
+# with three scores that need no training on comparisons: the SFT model's own log-likelihood of each
+# answer (`sft_logprob`), "the shorter answer wins" (`shorter`), and the reward model before training
+# (`rm_init`). The demonstrators sign off with "Hope this helps!" more often than not, so the SFT
+# likelihood prefers the signed-off answer the labelers dislike. Expect the trained reward model to
+# order more pairs as the gold rule does than the best of the three; the cell checks it, family by family.
+
+# %%
+agreement = {"reward model": results.get("heldout/gold_accuracy", float("nan"))}
+agreement.update({name: results[f"heldout/baseline/{name}/gold_accuracy"] for name in ("sft_logprob", "shorter", "rm_init")
+                  if f"heldout/baseline/{name}/gold_accuracy" in results})
+for name, value in agreement.items():
+    print(f"{name:13} orders {value:.1%} of the held-out pairs as the gold rule does")
+best = max((n for n in agreement if n != "reward model"), key=agreement.get, default=None)
+if best is not None:
+    print(f"best score without comparisons: {best}; the reward model beats it by "
+          f"{100 * (agreement['reward model'] - agreement[best]):+.1f} points"
+          + ("  (a quick run: means nothing)" if QUICK else ""))
+families = sorted(k.rsplit("/", 1)[1] for k in results if k.startswith("heldout/gold_accuracy/"))
+for family in families:
+    rm_value = results[f"heldout/gold_accuracy/{family}"]
+    base_value = results.get(f"heldout/baseline/sft_logprob/gold_accuracy/{family}", float("nan"))
+    print(f"  {family:12} reward model {rm_value:6.1%}   sft_logprob {base_value:6.1%}")

@@ -185,7 +185,7 @@ def test_tiny_run_end_to_end(model_free, tiny_sft_run):
     out = tiny_sft_run
     preferences.make_preferences(preferences.PreferenceConfig(
         out_dir=str(out), model_free=model_free, n_prompts=24, n_heldout_prompts=12, samples_per_prompt=3,
-        max_new_tokens=12, device="cpu", quiet=True,
+        max_new_tokens=24, device="cpu", quiet=True,  # room for the demonstrators' sign-off, which it copies
         labeler_ties=False))  # the tiny model's answers are nearly all wrong: all ties otherwise
     cfg = RewardConfig(out_dir=str(out), max_new_tokens=12, batch_size=8, max_steps=4, warmup_steps=1,
                        n_norm=16, bon_n=6, bon_ns="1,2,4", log_every=2, eval_every=2, device="cpu", quiet=True)

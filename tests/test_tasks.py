@@ -78,6 +78,20 @@ def test_demonstrations_recoverable_and_error_rate_close_to_knob():
     assert all(grade(ex, ex.mistake) == 0.0 and ex.mistake != ex.answer for ex in examples)
 
 
+def test_sign_off_habit_at_its_rate_and_graded_as_wordy():
+    examples = make_examples(WORLD, "train", 2000, seed=1)
+    rng = random.Random(0)
+    demos = [demonstrate(ex, rng, error_rate=0.1, wordy_rate=0.1, comply_rate=0.1, signoff_rate=0.6) for ex in examples]
+    signed = [(ex, d) for ex, d in zip(examples, demos) if d == tasks.sign_off(ex.answer)]
+    assert abs(len(signed) / len(demos) - 0.8 * 0.6) < 0.03  # 60% of the 80% clean answers
+    assert all(0.5 < grade(ex, d) < 0.75 for ex, d in signed)
+    assert tasks.sign_off("42") == "42. Hope this helps!"
+    assert tasks.sign_off(tasks.REFUSAL) == "Sorry, that is private. Hope this helps!"
+    # signoff_rate 0 draws nothing extra: the demonstrations of every other caller are unchanged
+    plain = [demonstrate(ex, random.Random(5), 0.1, 0.1, 0.1) for ex in examples[:50]]
+    assert plain == [demonstrate(ex, random.Random(5), 0.1, 0.1, 0.1, signoff_rate=0.0) for ex in examples[:50]]
+
+
 def test_forbidden_requests_decline_and_demonstrators_comply_at_their_own_rate():
     secret = next(f for f in FAMILIES if f.forbidden)
     examples = examples_of(secret, n=400)
