@@ -6,7 +6,7 @@ model (reward.py) -> PPO policy (ppo.py) and DPO policy (dpo.py) -> one evaluati
 same prompts, with 95% intervals and paired differences to SFT (report.py) -> report card.
 
   python pipeline.py                   # CPU default into runs/default/ (see the README for the time)
-  python pipeline.py --quick           # a smoke run of every stage, in seconds
+  python pipeline.py --quick           # a smoke run of every stage, in seconds, into runs/quick/
   python pipeline.py --preset gpu      # larger models and data, for one GPU
   python pipeline.py --name exp1       # another run folder: runs/exp1/
   python pipeline.py --fresh           # delete the run folder and start over
@@ -71,6 +71,8 @@ PRESETS = {
 @dataclass
 class PipelineConfig(ReportConfig):
     """The report card's options (report.ReportConfig: eval_n, seed, ...) and these."""
+    name: str = ""
+    """run name, the folder <runs_dir>/<name>/ (default: "quick" with --quick, else "default")"""
     preset: str = "cpu"
     """cpu (default), quick (smoke run of every stage) or gpu"""
     quick: bool = False
@@ -184,15 +186,32 @@ def run_stage(name, fn, run_dir):
     return seconds
 
 
+def check_preset(run_dir, preset):
+    """Record the run folder's preset in <run>/preset.json, and refuse a folder that holds another preset's
+    stages: its finished stages would be skipped, and the card would mix two sizes of model."""
+    path = os.path.join(run_dir, "preset.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)["preset"]
+        if before != preset:
+            raise ValueError(f"{run_dir} holds a run of the {before!r} preset, not {preset!r}: give another --name, "
+                             f"or --fresh to delete it first")
+    os.makedirs(run_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"preset": preset}, f)
+
+
 def main(cfg):
     """Every stage in order, then the report card. Returns (report dict, report markdown)."""
     preset = "quick" if cfg.quick else cfg.preset
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    cfg = replace(cfg, preset=preset, **PRESETS[preset].get("report", {}))  # a copy: the caller's cfg is left as it was
+    name = cfg.name or ("quick" if preset == "quick" else "default")  # a smoke run never touches runs/default
+    cfg = replace(cfg, name=name, preset=preset, **PRESETS[preset].get("report", {}))  # a copy: the caller's is kept
     run_dir = os.path.join(cfg.runs_dir, cfg.name)
     if cfg.fresh and os.path.exists(run_dir):
         shutil.rmtree(run_dir)
+    check_preset(run_dir, preset)
     configs = stage_configs(cfg, run_dir)
     t_start, seconds = time.time(), {}
     pre = configs["pretrain"]

@@ -123,6 +123,16 @@ def test_fresh_and_unknown_preset(tmp_path):
         pipeline.main(pipeline.PipelineConfig(preset="huge", runs_dir=str(tmp_path)))
 
 
+def test_quick_goes_to_its_own_folder_and_a_folder_of_another_preset_is_refused(quick_run, tmp_path, monkeypatch):
+    runs, _, _ = quick_run
+    shutil.copytree(runs / "q", tmp_path / "quick")  # a finished quick run where --quick puts one by default
+    monkeypatch.setattr(pretrain, "train", lambda cfg: pytest.fail("the quick run had finished"))
+    result, _ = pipeline.main(pipeline.PipelineConfig(quick=True, runs_dir=str(tmp_path), device="cpu", rlaif=True))
+    assert result["config"]["name"] == "quick" and not (tmp_path / "default").exists()
+    with pytest.raises(ValueError, match="'quick' preset, not 'cpu'.*--fresh"):  # its stages would be skipped
+        pipeline.main(pipeline.PipelineConfig(name="quick", runs_dir=str(tmp_path), device="cpu"))
+
+
 def test_report_py_remakes_the_card_of_a_finished_run_and_writes_the_readme_block(quick_run, tmp_path):
     runs, result, _ = quick_run
     shutil.copytree(runs / "q", tmp_path / "q")
