@@ -148,7 +148,7 @@ else:
 # stage scores the same held-out pairs (their prompts share no question with the training pairs)
 # with three scores that need no training on comparisons: the SFT model's own log-likelihood of each
 # answer (`sft_logprob`), "the shorter answer wins" (`shorter`), and the reward model before training
-# (`rm_init`). The demonstrators sign off with "Hope this helps!" more often than not, so the SFT
+# (`rm_init`). The demonstrators end 60% of their clean answers with "Hope this helps!", so the SFT
 # likelihood prefers the signed-off answer the labelers dislike. Expect the trained reward model to
 # order more pairs as the gold rule does than the best of the three; the cell checks it, family by family.
 

@@ -87,9 +87,14 @@ def test_sign_off_habit_at_its_rate_and_graded_as_wordy():
     assert all(0.5 < grade(ex, d) < 0.75 for ex, d in signed)
     assert tasks.sign_off("42") == "42. Hope this helps!"
     assert tasks.sign_off(tasks.REFUSAL) == "Sorry, that is private. Hope this helps!"
-    # signoff_rate 0 draws nothing extra: the demonstrations of every other caller are unchanged
-    plain = [demonstrate(ex, random.Random(5), 0.1, 0.1, 0.1) for ex in examples[:50]]
-    assert plain == [demonstrate(ex, random.Random(5), 0.1, 0.1, 0.1, signoff_rate=0.0) for ex in examples[:50]]
+    # a clean answer takes one draw at signoff_rate 0 and two above it: every caller that does not ask
+    # for the habit (the experiments' clean sets, model-free pairs) sees the same random stream as before
+    for rate, draws in ((0.0, 1), (0.6, 2)):
+        rng, ref = random.Random(5), random.Random(5)
+        demonstrate(examples[0], rng, error_rate=0.0, wordy_rate=0.0, comply_rate=0.0, signoff_rate=rate)
+        for _ in range(draws):
+            ref.random()
+        assert rng.getstate() == ref.getstate()
 
 
 def test_forbidden_requests_decline_and_demonstrators_comply_at_their_own_rate():
